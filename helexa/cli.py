@@ -1,0 +1,145 @@
+"""The `helexa` executable: ``--role`` picks what this process is; utility commands sit beside it.
+
+Roles and everything heavy are imported only when chosen, so ``helexa --help``,
+``helexa plugins`` and ``helexa config check`` never import torch, transformers or
+litestar.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import rich_click as click
+
+from helexa import __version__
+
+# role -> "module:function"; the function takes (config: Path | None, overrides: dict).
+ROLES: dict[str, str] = {}
+
+
+def setup_logging(level: str) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=True)
+    logging.basicConfig(
+        level=level.upper(), format="%(message)s", datefmt="[%X]", handlers=[handler], force=True
+    )
+    # Third-party chatter an operator does not need at info level.
+    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``--set key.path=value`` pairs; values are read as TOML, else taken as text."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, found {pair!r}", param_hint="--set")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        result[key.strip()] = value
+    return result
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="helexa")
+@click.option("--role", metavar="ROLE", help="Run as this role: " + ", ".join(ROLES or ["(none yet)"]) + ".")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="Config file.")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key (beats file and environment), e.g. --set gateway.listen=127.0.0.1:9000.",
+)
+@click.option(
+    "--log-level",
+    default=os.environ.get("HELEXA_LOG_LEVEL", "info"),
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+@click.pass_context
+def cli(
+    ctx: click.Context, role: str | None, config_path: Path | None, settings: tuple[str, ...], log_level: str
+) -> None:
+    """helexa: one OpenAI + Anthropic API for a fleet of GPU hosts.
+
+    Run a role with --role, or use one of the commands below.
+    """
+    setup_logging(log_level)
+    if ctx.invoked_subcommand is not None:
+        return
+    if role is None:
+        click.echo(ctx.get_help())
+        return
+    if role not in ROLES:
+        raise click.UsageError(f"unknown role {role!r}; choose one of: {', '.join(ROLES) or '(none yet)'}")
+    module, _, func = ROLES[role].partition(":")
+    run = getattr(importlib.import_module(module), func)
+    sys.exit(run(config_path, parse_overrides(settings)) or 0)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins, what each registered, and why any failed."""
+    import msgspec
+
+    from helexa.plugins import load_plugins
+
+    host = load_plugins()
+    if as_json:
+        click.echo(msgspec.json.format(msgspec.json.encode(host.plugins)).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="helexa plugins")
+    for column in ("plugin", "distribution", "version", "status", "registered"):
+        table.add_column(column)
+    for p in host.plugins:
+        registered = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(p.registered.items()))
+        status = {"loaded": "[green]loaded[/]", "disabled": "[yellow]disabled[/]"}.get(
+            p.status, "[red]failed[/]"
+        )
+        detail = registered if p.error is None else f"[red]{p.error}[/]"
+        table.add_row(p.name, p.distribution or "-", p.version or "-", status, detail)
+    Console().print(table)
+
+
+@cli.group()
+def config() -> None:
+    """Work with helexa config files."""
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--kind",
+    type=click.Choice(["gateway", "models", "neuron", "bench"]),
+    help="Which config this is (default: from the file name, else its tables).",
+)
+def config_check(file: Path, kind: str | None) -> None:
+    """Validate FILE (gateway.toml, models.toml, neuron.toml or bench.toml)."""
+    from helexa.config import ConfigError, check_file
+
+    try:
+        found, _ = check_file(file, kind)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{file}: valid {found} config")
+
+
+def main() -> None:
+    cli(prog_name="helexa")
