@@ -20,7 +20,9 @@ import rich_click as click
 from helexa import __version__
 
 # role -> "module:function"; the function takes (config: Path | None, overrides: dict).
-ROLES: dict[str, str] = {}
+ROLES: dict[str, str] = {
+    "neuron": "helexa.neuron.app:run",
+}
 
 
 def setup_logging(level: str) -> None:

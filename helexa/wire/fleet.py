@@ -95,6 +95,8 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     error: str | None = None
     loaded_at: float | None = None
     last_used: float | None = None
+    load_stage: str | None = None
+    load_progress: float | None = None
 
 
 class LoadResponse(msgspec.Struct, kw_only=True):

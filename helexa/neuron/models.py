@@ -1,0 +1,309 @@
+"""The neuron's model manager: the one place that knows what is loaded on this host.
+
+Loads are single-flight per model id (a second request for a model that is
+loading waits for the same load), each model has its own admission queue, and
+unloading aborts whatever the model is still generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from helexa.errors import ApiError
+from helexa.neuron.admission import Admission
+from helexa.neuron.discovery import Hardware
+from helexa.neuron.harness import Delta, GenerationRequest, Harness, LoadedModel
+from helexa.neuron.metrics import NeuronMetrics
+from helexa.neuron.sources import check_model_id, check_options
+from helexa.progress import ProgressBoard
+from helexa.settings import NeuronSettings
+from helexa.wire.fleet import ModelInfo, ModelSpec
+
+log = logging.getLogger("helexa.neuron.models")
+
+
+@dataclass
+class ModelEntry:
+    spec: ModelSpec
+    harness: str
+    admission: Admission
+    status: str = "loading"
+    loaded: LoadedModel | None = None
+    error: str | None = None
+    loaded_at: float | None = None
+    last_used: float | None = None
+    stage: str | None = None
+    fraction: float | None = None
+    ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    streams: set[AsyncIterator[Delta]] = field(default_factory=set)
+
+    def info(self) -> ModelInfo:
+        loaded = self.loaded
+        return ModelInfo(
+            id=self.spec.model_id,
+            harness=self.harness,
+            status=self.status,
+            devices=loaded.devices if loaded else list(self.spec.devices or []),
+            vram_used_mb=sum(loaded.memory_mb.values()) if loaded else None,
+            capabilities=loaded.capabilities if loaded else [],
+            max_model_len=loaded.max_model_len if loaded else None,
+            in_flight=self.admission.running,
+            queued=self.admission.queued,
+            error=self.error,
+            loaded_at=self.loaded_at,
+            last_used=self.last_used,
+            load_stage=self.stage if self.status == "loading" else None,
+            load_progress=self.fraction if self.status == "loading" else None,
+        )
+
+
+class ModelManager:
+    def __init__(
+        self,
+        settings: NeuronSettings,
+        harnesses: dict[str, Harness],
+        hardware: Hardware,
+        metrics: NeuronMetrics,
+        board: ProgressBoard | None = None,
+    ) -> None:
+        self.settings = settings
+        self.harnesses = harnesses
+        self.hardware = hardware
+        self.metrics = metrics
+        self.board = board or ProgressBoard()
+        self.entries: dict[str, ModelEntry] = {}
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def load(self, spec: ModelSpec) -> ModelEntry:
+        """Load a model, or join the load already running; a loaded model is not loaded twice."""
+        entry = self.entries.get(spec.model_id)
+        if entry is not None and entry.status in ("loading", "loaded"):
+            await asyncio.shield(entry.ready)
+            return self._ready(spec.model_id)
+        harness_name = spec.harness or self.settings.neuron.default_harness
+        harness = self._harness(harness_name)
+        check_model_id(spec.model_id, [Path(p) for p in self.settings.neuron.model_roots])
+        check_options(spec.options)
+        if self.hardware.unavailable_reason and not self.hardware.devices:
+            raise ApiError(
+                503,
+                f"GPUs unavailable on this neuron: {self.hardware.unavailable_reason}",
+                code="cuda_unavailable",
+            )
+        devices = self._choose_devices(spec)
+        entry = ModelEntry(
+            spec=spec,
+            harness=harness_name,
+            admission=Admission(
+                spec.model_id, self.settings.neuron.max_running, self.settings.neuron.max_queue
+            ),
+        )
+        self.entries[spec.model_id] = entry
+        task = asyncio.ensure_future(self._load(entry, harness, devices))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # reported through entry.ready
+        await asyncio.shield(entry.ready)
+        return self._ready(spec.model_id)
+
+    async def _load(self, entry: ModelEntry, harness: Harness, devices: list[int]) -> None:
+        model_id = entry.spec.model_id
+        self.board.start(model_id, f"loading {model_id}")
+
+        def progress(stage: str, fraction: float | None) -> None:
+            entry.stage, entry.fraction = stage, fraction
+            self.board.update(model_id, stage, fraction)
+
+        started = time.monotonic()
+        try:
+            entry.loaded = await harness.load(entry.spec, devices, progress)
+        except BaseException as exc:
+            self.hardware.ledger.release(model_id)
+            entry.status = "failed"
+            entry.error = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+            self.board.finish(model_id, f"failed ({entry.error})")
+            self.metrics.load_seconds.labels(model_id, entry.harness, "failed").observe(
+                time.monotonic() - started
+            )
+            entry.ready.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+            entry.ready.exception()  # retrieved here so an unawaited failure is not logged as lost
+            return
+        entry.status, entry.loaded_at, entry.stage, entry.fraction = "loaded", time.time(), None, None
+        elapsed = self.board.finish(model_id, "loaded")
+        self.metrics.load_seconds.labels(model_id, entry.harness, "loaded").observe(elapsed)
+        self.metrics.models_loaded.set(sum(e.status == "loaded" for e in self.entries.values()))
+        self.hardware.forget_health()
+        entry.ready.set_result(None)
+
+    def _ready(self, model_id: str) -> ModelEntry:
+        entry = self.entries.get(model_id)
+        if entry is None or entry.status != "loaded":
+            raise ApiError(
+                409, f"model {model_id!r} was unloaded while it was loading", code="model_unloaded"
+            )
+        return entry
+
+    async def unload(self, model_id: str) -> None:
+        entry = self.entries.get(model_id)
+        if entry is None or entry.status == "failed":
+            self.entries.pop(model_id, None)
+            raise ApiError(404, f"model {model_id!r} is not loaded", code="model_not_found")
+        if entry.status == "loading":
+            with suppress(Exception):
+                await asyncio.shield(entry.ready)
+        if entry.status == "unloading":
+            raise ApiError(409, f"model {model_id!r} is already being unloaded", code="model_unloading")
+        entry.status = "unloading"
+        for stream in list(entry.streams):  # abort what it is still generating
+            with suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+        try:
+            await self.harnesses[entry.harness].unload(model_id)
+        finally:
+            self.hardware.ledger.release(model_id)
+            self.entries.pop(model_id, None)
+            self.hardware.forget_health()
+            self.metrics.models_loaded.set(sum(e.status == "loaded" for e in self.entries.values()))
+            log.info("unloaded %s", model_id)
+
+    async def unload_all(self, timeout_s: float) -> None:
+        for model_id, entry in list(self.entries.items()):
+            if entry.status == "failed":
+                self.entries.pop(model_id, None)
+                continue
+            try:
+                await asyncio.wait_for(self.unload(model_id), timeout_s)
+            except Exception as exc:  # keep going: every model gets its chance
+                log.error("unloading %s at shutdown failed: %s", model_id, exc)
+
+    # --- serving -------------------------------------------------------------
+
+    def get(self, model_id: str) -> ModelEntry:
+        entry = self.entries.get(model_id)
+        if entry is None or entry.status != "loaded":
+            state = f" (it is {entry.status})" if entry else ""
+            loaded = ", ".join(sorted(m for m, e in self.entries.items() if e.status == "loaded")) or "none"
+            raise ApiError(
+                404,
+                f"model {model_id!r} is not loaded on this neuron{state}; loaded: {loaded}",
+                code="model_not_found",
+                type="invalid_request_error",
+                extras={"model_id": model_id},
+            )
+        return entry
+
+    def harness_of(self, entry: ModelEntry) -> Harness:
+        return self.harnesses[entry.harness]
+
+    def generate(self, entry: ModelEntry, request: GenerationRequest) -> Generation:
+        """Admit a request (429 at once when the model is full) and return its token stream."""
+        return Generation(self, entry, request)
+
+    def list(self) -> list[ModelInfo]:
+        return [e.info() for e in self.entries.values()]
+
+    # --- helpers -------------------------------------------------------------
+
+    def _harness(self, name: str) -> Harness:
+        harness = self.harnesses.get(name)
+        if harness is None:
+            known = ", ".join(sorted(self.harnesses)) or "none"
+            raise ApiError(
+                400,
+                f"no harness named {name!r} on this neuron (harnesses: {known})",
+                code="unknown_harness",
+                param="harness",
+            )
+        return harness
+
+    def _choose_devices(self, spec: ModelSpec) -> list[int]:
+        known = [d.index for d in self.hardware.devices]
+        wanted = spec.tensor_parallel or (len(spec.devices) if spec.devices else 1)
+        if spec.devices is not None:
+            if len(spec.devices) != wanted:
+                raise ApiError(
+                    400,
+                    f"tensor_parallel={wanted} requires {wanted} entries in devices, got {spec.devices}",
+                    param="devices",
+                )
+            unknown = [d for d in spec.devices if d not in known]
+            if unknown:
+                raise ApiError(
+                    400, f"no device {unknown[0]} on this neuron (devices: {known})", param="devices"
+                )
+            return list(spec.devices)
+        if wanted > len(known):
+            raise ApiError(
+                400,
+                f"tensor_parallel={wanted} needs {wanted} devices; this neuron has {len(known)}",
+                param="tensor_parallel",
+            )
+        ledger = self.hardware.ledger
+        return sorted(sorted(known, key=lambda d: (-ledger.free(d), d))[:wanted])
+
+
+class Generation:
+    """One request's stream of deltas. ``aclose`` aborts the sequence and frees its place,
+    whether or not iteration ever started."""
+
+    def __init__(self, manager: ModelManager, entry: ModelEntry, request: GenerationRequest) -> None:
+        self.manager = manager
+        self.entry = entry
+        self.request = request
+        self.ticket = entry.admission.admit()
+        self.stream: AsyncIterator[Delta] | None = None
+        self.finished = False
+        self._gauges()
+
+    def _gauges(self) -> None:
+        model_id, admission = self.entry.spec.model_id, self.entry.admission
+        self.manager.metrics.queue_depth.labels(model_id).set(admission.queued)
+        self.manager.metrics.running.labels(model_id).set(admission.running)
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> Delta:
+        if self.ticket.state == "done":
+            raise StopAsyncIteration
+        if self.stream is None:
+            await self._start()
+        assert self.stream is not None
+        try:
+            delta = await self.stream.__anext__()
+        except StopAsyncIteration:
+            self.finished = True
+            await self.aclose()
+            raise
+        if delta.finish_reason is not None:
+            self.finished = True
+        return delta
+
+    async def _start(self) -> None:
+        entry = self.entry
+        model_id = entry.spec.model_id
+        await self.ticket.__aenter__()
+        self._gauges()
+        if entry.status != "loaded":
+            raise ApiError(404, f"model {model_id!r} was unloaded", code="model_not_found")
+        entry.last_used = time.time()
+        self.stream = self.manager.harness_of(entry).generate(model_id, self.request)
+        entry.streams.add(self.stream)
+
+    async def aclose(self) -> None:
+        entry, metrics = self.entry, self.manager.metrics
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            entry.streams.discard(stream)
+            entry.last_used = time.time()
+            if not self.finished:
+                metrics.aborted.labels(entry.spec.model_id, "client").inc()
+            with suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+        await self.ticket.release_async()
+        self._gauges()

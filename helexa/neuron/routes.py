@@ -1,0 +1,249 @@
+"""HTTP routes of the neuron: the control API (JSON, litestar) and inference (plain ASGI)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar import asgi as asgi_route
+
+from helexa.asgi import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    decode,
+    read_body,
+    send_error,
+    send_json,
+    stream,
+    until_disconnect,
+)
+from helexa.buildinfo import build_info
+from helexa.errors import ApiError
+from helexa.neuron import serving
+from helexa.neuron.harness import ChatPrompt
+from helexa.wire import openai as oa
+from helexa.wire.fleet import (
+    DiscoveryResponse,
+    EndpointResponse,
+    HealthResponse,
+    LoadResponse,
+    ModelInfo,
+    ModelSpec,
+    UnloadRequest,
+)
+
+log = logging.getLogger("helexa.neuron")
+
+
+def neuron_of(app: Any) -> Any:
+    return app.state.neuron
+
+
+# --- control API ---------------------------------------------------------------
+
+
+@get("/version", sync_to_thread=False)
+def version() -> Any:
+    return build_info("neuron")
+
+
+@get("/discovery", sync_to_thread=False)
+def discovery(request: Request) -> DiscoveryResponse:
+    return neuron_of(request.app).discovery()
+
+
+@get("/health", sync_to_thread=False)
+def health(request: Request) -> HealthResponse:
+    return neuron_of(request.app).health()
+
+
+@get("/models", sync_to_thread=False)
+def models(request: Request) -> list[ModelInfo]:
+    return neuron_of(request.app).manager.list()
+
+
+@post("/models/load", status_code=200)
+async def load(request: Request) -> LoadResponse:
+    neuron = neuron_of(request.app)
+    spec = decode(await request.body(), ModelSpec)
+    entry = await neuron.manager.load(spec)
+    return LoadResponse(status="loaded", model=entry.info())
+
+
+@post("/models/unload", status_code=200)
+async def unload(request: Request) -> LoadResponse:
+    body = decode(await request.body(), UnloadRequest)
+    await neuron_of(request.app).manager.unload(body.model_id)
+    return LoadResponse(status="unloaded")
+
+
+@get("/models/{rest:path}", sync_to_thread=False)
+def endpoint(request: Request, rest: str) -> EndpointResponse:
+    model_id, sep, tail = rest.strip("/").rpartition("/")
+    if not sep or tail != "endpoint":
+        raise ApiError(404, f"no route GET /models/{rest.strip('/')}; did you mean /models/<id>/endpoint?")
+    neuron = neuron_of(request.app)
+    neuron.manager.get(model_id)
+    return EndpointResponse(url=neuron.public_url(request))
+
+
+@get("/metrics", sync_to_thread=False)
+def metrics(request: Request) -> Response[bytes]:
+    neuron = neuron_of(request.app)
+    neuron.health()  # refreshes the memory gauges
+    return Response(neuron.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@get("/v1/models", sync_to_thread=False)
+def openai_models(request: Request) -> oa.ModelList:
+    manager = neuron_of(request.app).manager
+    cards = [
+        oa.ModelCard(id=info.id, created=int(info.loaded_at or time.time()), max_model_len=info.max_model_len)
+        for info in manager.list()
+        if info.status == "loaded"
+    ]
+    return oa.ModelList(data=cards)
+
+
+# --- inference (plain ASGI: no buffering, disconnect aborts) --------------------
+
+Handler = Callable[[Any, Scope, Receive, Send, bytes], Awaitable[None]]
+
+
+def inference(path: str) -> Callable[[Handler], Any]:
+    """A POST route that reads its body with the size limit and answers errors in OpenAI's envelope."""
+
+    def wrap(handler: Handler) -> Any:
+        @functools.wraps(handler)
+        async def route(scope: Any, receive: Any, send: Any) -> None:
+            neuron = neuron_of(scope["app"])
+            route_name = path.rsplit("/", 1)[-1]
+            try:
+                if scope["method"] != "POST":
+                    raise ApiError(405, f"{path} takes POST, not {scope['method']}")
+                body = await read_body(receive, neuron.max_body)
+                await handler(neuron, scope, receive, send, body)
+            except ClientGone:
+                neuron.metrics.requests.labels("", route_name, "client_gone").inc()
+            except ApiError as error:
+                neuron.metrics.requests.labels("", route_name, f"error_{error.status}").inc()
+                await send_error(send, error)
+            except Exception as exc:
+                log.exception("%s failed", path)
+                await send_error(send, ApiError(500, f"internal error: {type(exc).__name__}: {exc}"))
+
+        return asgi_route(path, is_mount=False, copy_scope=False)(route)
+
+    return wrap
+
+
+def _include_usage(request: oa.SamplingFields) -> bool:
+    return bool(request.stream_options and request.stream_options.include_usage)
+
+
+@inference("/v1/chat/completions")
+async def chat_completions(neuron: Any, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
+    request = decode(body, oa.ChatCompletionRequest)
+    job = await serving.prepare_chat(neuron.manager, request)
+    await _answer(
+        neuron,
+        "chat",
+        receive,
+        send,
+        job,
+        request,
+        lambda g: serving.chat_stream(neuron.manager, job, g, _include_usage(request)),
+        lambda g: serving.chat_completion(neuron.manager, job, g),
+    )
+
+
+@inference("/v1/completions")
+async def completions(neuron: Any, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
+    request = decode(body, oa.CompletionRequest)
+    job = await serving.prepare_completion(neuron.manager, request)
+    await _answer(
+        neuron,
+        "completions",
+        receive,
+        send,
+        job,
+        request,
+        lambda g: serving.completion_stream(neuron.manager, job, g, request.echo, _include_usage(request)),
+        lambda g: serving.completion(neuron.manager, job, g, request.echo),
+    )
+
+
+async def _answer(
+    neuron: Any,
+    route: str,
+    receive: Receive,
+    send: Send,
+    job: serving.Job,
+    request: oa.SamplingFields,
+    streaming: Callable[[Any], Any],
+    whole: Callable[[Any], Any],
+) -> None:
+    generation = serving.start(neuron.manager, job)  # 429 here, before any header
+    counter = neuron.metrics.requests
+    if request.stream:
+        completed = await stream(receive, send, streaming(generation))
+        counter.labels(job.model, route, "ok" if completed else "client_gone").inc()
+        return
+    try:
+        answer = await until_disconnect(receive, whole(generation))
+    except BaseException:
+        await generation.aclose()
+        raise
+    counter.labels(job.model, route, "ok").inc()
+    await send_json(send, 200, answer)
+
+
+@inference("/v1/tokenize")
+async def tokenize(neuron: Any, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
+    request = decode(body, oa.TokenizeRequest)
+    entry = neuron.manager.get(request.model)
+    harness = neuron.manager.harness_of(entry)
+    if request.messages is not None:
+        source: Any = ChatPrompt(
+            messages=serving.message_dicts(request.messages, "vision" in entry.loaded.capabilities),
+            tools=[msgspec.to_builtins(t) for t in request.tools] if request.tools else None,
+            template_kwargs=request.chat_template_kwargs or {},
+            add_generation_prompt=request.add_generation_prompt,
+        )
+    elif request.prompt is not None:
+        source = request.prompt
+    else:
+        raise ApiError(400, "give either messages or prompt to tokenize", param="messages")
+    prompt = await harness.tokenize(request.model, source)
+    await send_json(
+        send,
+        200,
+        oa.TokenizeResponse(
+            count=len(prompt.token_ids),
+            max_model_len=entry.loaded.max_model_len,
+            tokens=prompt.token_ids if request.return_tokens else None,
+        ),
+    )
+
+
+ROUTES = [
+    version,
+    discovery,
+    health,
+    models,
+    load,
+    unload,
+    endpoint,
+    metrics,
+    openai_models,
+    chat_completions,
+    completions,
+    tokenize,
+]
