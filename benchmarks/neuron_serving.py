@@ -21,12 +21,12 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import cpu_seconds, helexa_process  # noqa: E402
+from _common import cpu_seconds, helexa_process
 
-from helexa.neuron.harness import GenerationRequest, HarnessContext, MemoryLedger, SamplingParams  # noqa: E402
-from helexa.plugins import load_plugins  # noqa: E402
-from helexa.testing import free_port  # noqa: E402
-from helexa.wire.fleet import DeviceInfo, ModelSpec  # noqa: E402
+from helexa.neuron.harness import GenerationRequest, HarnessContext, MemoryLedger, SamplingParams
+from helexa.plugins import load_plugins
+from helexa.testing import free_port
+from helexa.wire.fleet import DeviceInfo, ModelSpec
 
 MODEL = "bench/echo"
 

@@ -55,7 +55,7 @@ def test_cpu_only_host_reports_its_memory():
     assert discovery["devices"][0]["kind"] in ("cpu", "cuda")
     if discovery["devices"][0]["kind"] == "cpu":
         assert discovery["devices"][0]["vram_total_mb"] == 4096
-    assert discovery["harnesses"] == ["echo"]
+    assert "echo" in discovery["harnesses"]
     assert discovery["cpu_cores"] >= 1
 
 

@@ -402,7 +402,7 @@ def test_metrics_after_traffic(neuron, client):
 
 async def test_queue_overflow_is_429_with_retry_after():
     with running_neuron(simulated_devices=SIM, neuron={"max_running": 1, "max_queue": 1}) as (url, service):
-        load(url, "echo/busy", tokens_per_second=50)
+        load(url, "echo/busy", tokens_per_second=200)
         body = {"model": "echo/busy", "stream": True, "messages": [{"role": "user", "content": "w " * 100}]}
         async with httpx.AsyncClient(timeout=30) as http:
             first = asyncio.create_task(http.post(f"{url}/v1/chat/completions", json=body))

@@ -61,6 +61,7 @@ class Neuron:
                 model_roots=[Path(p) for p in self.settings.neuron.model_roots],
                 hf_cache=Path(self.settings.neuron.hf_cache) if self.settings.neuron.hf_cache else None,
                 allow_downloads=self.settings.neuron.allow_downloads,
+                plugins=self.plugins,
             )
             try:
                 harnesses[name] = self.plugins.harnesses.get(name)(context)

@@ -84,6 +84,8 @@ class HarnessContext:
     model_roots: list[Path] = field(default_factory=list)
     hf_cache: Path | None = None
     allow_downloads: bool = False
+    plugins: Any = None
+    """The `helexa.plugins.PluginHost`, for harnesses that use other registries (architectures)."""
 
 
 class LoadedModel(msgspec.Struct, kw_only=True):

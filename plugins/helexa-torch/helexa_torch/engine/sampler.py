@@ -1,0 +1,93 @@
+"""Choosing next tokens on the device: greedy at temperature 0, otherwise temperature, top-k,
+top-p and min-p, with repetition, presence and frequency penalties and per-request seeds."""
+
+from __future__ import annotations
+
+import torch
+
+from helexa_torch.engine.sequence import Sequence
+
+NEG_INF = float("-inf")
+
+
+def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """Repetition penalty over prompt and output (HF, vLLM); presence and frequency over output (OpenAI)."""
+    for row, seq in enumerate(seqs):
+        s = seq.sampling
+        if s.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(seq.token_ids)), dtype=torch.long, device=logits.device)
+            values = logits[row, seen]
+            logits[row, seen] = torch.where(
+                values > 0, values / s.repetition_penalty, values * s.repetition_penalty
+            )
+        if (s.presence_penalty or s.frequency_penalty) and seq.generated:
+            out = torch.tensor(seq.output_ids, dtype=torch.long, device=logits.device)
+            counts = torch.zeros(logits.shape[1], device=logits.device).index_add_(
+                0, out, torch.ones(len(out), device=logits.device)
+            )
+            logits[row] -= s.frequency_penalty * counts + s.presence_penalty * (counts > 0).float()
+    return logits
+
+
+def filter_logits(
+    logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
+) -> torch.Tensor:
+    """Mask tokens outside top-k, the top-p nucleus and the min-p floor (rows already temperature-scaled)."""
+    vocab = logits.shape[1]
+    if bool((top_k > 0).any()) or bool((top_p < 1).any()):
+        ordered, index = logits.sort(dim=-1, descending=True)
+        k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))
+        ranks = torch.arange(vocab, device=logits.device)[None, :]
+        drop = ranks >= k[:, None]
+        probs = ordered.softmax(dim=-1)
+        # keep the smallest prefix whose mass reaches top_p (the token that crosses it stays)
+        drop |= (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
+        drop[:, 0] = False
+        ordered = ordered.masked_fill(drop, NEG_INF)
+        logits = torch.empty_like(logits).scatter_(1, index, ordered)
+    if bool((min_p > 0).any()):
+        probs = logits.softmax(dim=-1)
+        floor = probs.max(dim=-1, keepdim=True).values * min_p[:, None]
+        logits = logits.masked_fill(probs < floor, NEG_INF)
+    return logits
+
+
+class Sampler:
+    def __init__(self, device: torch.device, eos_ids: set[int]) -> None:
+        self.device = device
+        self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device) if eos_ids else None
+        self.default_generator = torch.Generator(device=device)
+        self.default_generator.seed()
+
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        logits = logits.float()
+        if self.eos is not None:
+            early = [row for row, s in enumerate(seqs) if s.generated < s.sampling.min_tokens]
+            if early:
+                logits[torch.tensor(early, device=self.device)[:, None], self.eos[None, :]] = NEG_INF
+        if any(
+            s.sampling.repetition_penalty != 1.0
+            or s.sampling.presence_penalty
+            or s.sampling.frequency_penalty
+            for s in seqs
+        ):
+            logits = apply_penalties(logits, seqs)
+        greedy = [s.sampling.temperature <= 0 for s in seqs]
+        if all(greedy):
+            return logits.argmax(dim=-1).tolist()
+        temps = torch.tensor([max(s.sampling.temperature, 1e-5) for s in seqs], device=self.device)
+        scaled = filter_logits(
+            logits / temps[:, None],
+            torch.tensor([s.sampling.top_k for s in seqs], device=self.device),
+            torch.tensor([s.sampling.top_p for s in seqs], device=self.device),
+            torch.tensor([s.sampling.min_p for s in seqs], device=self.device),
+        )
+        probs = scaled.softmax(dim=-1)
+        # Exponential race (Gumbel-max): argmax(p / E) samples from p; each seeded request draws
+        # from its own generator, so its text does not depend on what it was batched with.
+        noise = torch.empty_like(probs)
+        for row, seq in enumerate(seqs):
+            noise[row].exponential_(generator=seq.generator or self.default_generator)
+        chosen = (probs / noise).argmax(dim=-1)
+        chosen = torch.where(torch.tensor(greedy, device=self.device), logits.argmax(dim=-1), chosen)
+        return chosen.tolist()

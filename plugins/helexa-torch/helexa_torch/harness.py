@@ -1,0 +1,280 @@
+"""The torch harness: loads models into our engine and serves them through the harness contract."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from helexa.errors import ApiError
+from helexa.neuron.harness import (
+    ChatPrompt,
+    Delta,
+    GenerationRequest,
+    HarnessContext,
+    LoadedModel,
+    LoadProgress,
+    Prompt,
+)
+from helexa.neuron.parsing import detect_think_markers
+from helexa.wire.fleet import ModelSpec
+from helexa_torch.engine.engine import Engine
+from helexa_torch.engine.sequence import Sequence
+from helexa_torch.loading import Checkpoint, locate, open_checkpoint
+from helexa_torch.models.layers import CausalLM, kv_bytes_per_token
+from helexa_torch.text import Detokenizer, encode_text, render_chat
+
+log = logging.getLogger("helexa.torch")
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+MB = 1024 * 1024
+
+
+@dataclass
+class Served:
+    engine: Engine
+    tokenizer: Any
+    loaded: LoadedModel
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ApiError(400, f"dtype {name!r} is not one of auto, {', '.join(DTYPES)}", param="options.dtype")
+    return DTYPES[name]
+
+
+class TorchHarness:
+    name = "torch"
+
+    def __init__(self, context: HarnessContext) -> None:
+        self.context = context
+        self.models: dict[str, Served] = {}
+        threads = context.options.get("threads")
+        if threads:
+            torch.set_num_threads(int(threads))
+
+    def _architecture(self, config: Any) -> type[CausalLM]:
+        registry = self.context.plugins.architectures if self.context.plugins else None
+        name = (getattr(config, "architectures", None) or [""])[0]
+        if not name:  # GGUF configs name the model type only
+            name = {
+                "llama": "LlamaForCausalLM",
+                "mistral": "MistralForCausalLM",
+                "qwen2": "Qwen2ForCausalLM",
+                "qwen3": "Qwen3ForCausalLM",
+            }.get(getattr(config, "model_type", ""), "")
+        if registry is None or name not in registry.entries:
+            installed = ", ".join(registry.names()) if registry else "none"
+            raise ApiError(
+                422,
+                f"architecture {name or getattr(config, 'model_type', '?')!r} is not supported "
+                f"(installed architectures: {installed})",
+                code="unsupported_architecture",
+            )
+        return registry.get(name)()
+
+    def _device(self, devices: list[int]) -> torch.device:
+        if len(devices) != 1:
+            raise ApiError(
+                400,
+                "the torch harness runs a model on one device; tensor_parallel > 1 is not supported yet",
+                param="tensor_parallel",
+            )
+        info = next(d for d in self.context.devices if d.index == devices[0])
+        return torch.device(f"cuda:{info.index}") if info.kind == "cuda" else torch.device("cpu")
+
+    async def load(self, spec: ModelSpec, devices: list[int], progress: LoadProgress) -> LoadedModel:
+        options = {**self.context.options, **spec.options}
+        device = self._device(devices)
+        progress("locating weights", 0.0)
+        path = await asyncio.to_thread(
+            locate,
+            spec.model_id,
+            options,
+            self.context.model_roots,
+            self.context.hf_cache,
+            self.context.allow_downloads,
+        )
+        progress("reading config and tokenizer", 0.05)
+        checkpoint = await asyncio.to_thread(open_checkpoint, path, spec.quant or options.get("quant"))
+        served = await asyncio.to_thread(self._build, spec, checkpoint, options, device, devices[0], progress)
+        self.models[spec.model_id] = served
+        return served.loaded
+
+    def _build(
+        self,
+        spec: ModelSpec,
+        checkpoint: Checkpoint,
+        options: dict[str, Any],
+        device: torch.device,
+        index: int,
+        progress: LoadProgress,
+    ) -> Served:
+        config = checkpoint.config
+        dtype = resolve_dtype(str(options.get("dtype", "auto")), device)
+        context_len = int(getattr(config, "max_position_embeddings", 4096) or 4096)
+        max_len = int(options.get("max_model_len") or min(context_len, 32768))
+        cls = self._architecture(config)
+        with torch.device("meta"):
+            model = cls(config, device, max_len)
+        weight_bytes = (
+            sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=dtype).element_size()
+        )
+        per_token = kv_bytes_per_token(model, dtype)
+        kv_bytes = self._kv_budget(options, device, weight_bytes)
+        block_size = int(options.get("block_size", 16))
+        num_blocks = kv_bytes // (per_token * block_size)
+        if num_blocks * block_size < max_len:
+            raise ApiError(
+                422,
+                f"the KV cache budget ({kv_bytes // MB} MB) holds {num_blocks * block_size} "
+                f"tokens, fewer than one sequence of max_model_len={max_len}; raise kv_cache_mb "
+                "or lower max_model_len",
+                code="kv_cache_too_small",
+            )
+        need = (weight_bytes + num_blocks * block_size * per_token) // MB + 1
+        self.context.ledger.reserve(spec.model_id, {index: need})
+        try:
+            model = model.to_empty(device=device).to(dtype)
+            model.load_weights(_with_progress(checkpoint.weights(progress), progress))
+            model.eval()
+            progress("allocating the KV cache", 0.95)
+            engine = Engine(
+                spec.model_id,
+                model,
+                num_blocks=num_blocks,
+                block_size=block_size,
+                dtype=dtype,
+                device=device,
+                eos_ids=checkpoint.eos_ids,
+                max_model_len=max_len,
+                max_num_seqs=int(options.get("max_num_seqs", 64)),
+                max_batched_tokens=int(
+                    options.get("max_batched_tokens", 8192 if device.type == "cuda" else 512)
+                ),
+            )
+        except BaseException:
+            self.context.ledger.release(spec.model_id)
+            raise
+        tokenizer = checkpoint.tokenizer
+        vocabulary = set(tokenizer.get_vocab()) if hasattr(tokenizer, "get_vocab") else None
+        loaded = LoadedModel(
+            model_id=spec.model_id,
+            devices=[index],
+            memory_mb={index: need},
+            capabilities=["text", "tools"] if "tools" in (tokenizer.chat_template or "") else ["text"],
+            max_model_len=max_len,
+            defaults=checkpoint.defaults,
+            think_markers=detect_think_markers(vocabulary)
+            if vocabulary and "<think>" in vocabulary
+            else None,
+        )
+        log.info(
+            "%s: %s on %s, %d MB weights, KV cache %d tokens (%d B/token)",
+            spec.model_id,
+            cls.__name__,
+            device,
+            weight_bytes // MB,
+            num_blocks * block_size,
+            per_token,
+        )
+        return Served(engine, tokenizer, loaded)
+
+    def _kv_budget(self, options: dict[str, Any], device: torch.device, weight_bytes: int) -> int:
+        if options.get("kv_cache_mb"):
+            return int(options["kv_cache_mb"]) * MB
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return max(0, int(free * 0.9) - weight_bytes)
+        return 1024 * MB
+
+    async def unload(self, model_id: str) -> None:
+        served = self.models.pop(model_id, None)
+        if served is not None:
+            await asyncio.to_thread(served.engine.stop)
+            del served
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        self.context.ledger.release(model_id)
+
+    def _served(self, model_id: str) -> Served:
+        served = self.models.get(model_id)
+        if served is None:
+            raise ApiError(
+                404, f"model {model_id!r} is not loaded in the torch harness", code="model_not_found"
+            )
+        return served
+
+    async def tokenize(self, model_id: str, source: ChatPrompt | str) -> Prompt:
+        tokenizer = self._served(model_id).tokenizer
+        if isinstance(source, str):
+            return await asyncio.to_thread(encode_text, tokenizer, source)
+        return await asyncio.to_thread(render_chat, tokenizer, source)
+
+    async def generate(self, model_id: str, request: GenerationRequest) -> AsyncIterator[Delta]:
+        served = self._served(model_id)
+        loop = asyncio.get_running_loop()
+        outputs: asyncio.Queue[tuple[list[int], str | None, str | None]] = asyncio.Queue()
+
+        def emit(tokens: list[int], finish: str | None, error: str | None) -> None:
+            loop.call_soon_threadsafe(outputs.put_nowait, (tokens, finish, error))
+
+        prompt = request.prompt.token_ids
+        if not prompt:
+            raise ApiError(400, "the prompt is empty", param="messages")
+        seq = Sequence(
+            id=request.request_id or secrets.token_hex(8),
+            token_ids=list(prompt),
+            sampling=request.sampling,
+            emit=emit,
+        )
+        detokenizer = Detokenizer(served.tokenizer, prompt)
+        eos = served.engine.eos_ids
+        served.engine.submit(seq)
+        finished = False
+        try:
+            while not finished:
+                tokens, finish, error = await outputs.get()
+                if error is not None:
+                    raise ApiError(500, f"generation failed: {error}", code="engine_error")
+                finished = finish is not None
+                visible = [t for t in tokens if not (finish == "stop" and t in eos)]
+                text = detokenizer.add(visible, final=finished)
+                yield Delta(
+                    text=text,
+                    token_ids=tokens,
+                    finish_reason=finish,
+                    prompt_tokens=len(prompt) if finished else None,
+                    cached_tokens=seq.cached_prompt,
+                )
+        finally:
+            if not finished:
+                served.engine.abort(seq)
+
+    def memory(self) -> dict[str, dict[int, int]]:
+        return {model_id: dict(served.loaded.memory_mb) for model_id, served in self.models.items()}
+
+    async def close(self) -> None:
+        for model_id in list(self.models):
+            await self.unload(model_id)
+
+
+def _with_progress(weights, progress: LoadProgress):
+    for count, item in enumerate(weights, 1):
+        if count % 64 == 0:
+            progress(f"loading weights ({count} tensors)", None)
+        yield item

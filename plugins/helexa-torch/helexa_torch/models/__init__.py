@@ -1,0 +1,1 @@
+"""Model architectures for the engine: shared layers in `layers`, one small file per family."""
