@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -23,13 +23,14 @@ from helexa.neuron.harness import (
 )
 from helexa.neuron.parsing import detect_think_markers
 from helexa.wire.fleet import ModelSpec
-from helexa_torch.engine.engine import Engine
+from helexa_torch.engine.engine import Engine, deliver_each
 from helexa_torch.engine.sequence import Sequence
 from helexa_torch.loading import Checkpoint, locate, open_checkpoint
 from helexa_torch.models.layers import CausalLM, kv_bytes_per_token
 from helexa_torch.text import Detokenizer, encode_text, render_chat
 
 log = logging.getLogger("helexa.torch")
+T = TypeVar("T")
 
 DTYPES = {
     "float32": torch.float32,
@@ -63,9 +64,6 @@ class TorchHarness:
     def __init__(self, context: HarnessContext) -> None:
         self.context = context
         self.models: dict[str, Served] = {}
-        threads = context.options.get("threads")
-        if threads:
-            torch.set_num_threads(int(threads))
 
     def _architecture(self, config: Any) -> type[CausalLM]:
         registry = self.context.plugins.architectures if self.context.plugins else None
@@ -101,7 +99,7 @@ class TorchHarness:
         options = {**self.context.options, **spec.options}
         device = self._device(devices)
         progress("locating weights", 0.0)
-        path = await asyncio.to_thread(
+        path = await off_loop(
             locate,
             spec.model_id,
             options,
@@ -110,8 +108,15 @@ class TorchHarness:
             self.context.allow_downloads,
         )
         progress("reading config and tokenizer", 0.05)
-        checkpoint = await asyncio.to_thread(open_checkpoint, path, spec.quant or options.get("quant"))
-        served = await asyncio.to_thread(self._build, spec, checkpoint, options, device, devices[0], progress)
+        checkpoint = await off_loop(open_checkpoint, path, spec.quant or options.get("quant"))
+        served = await off_loop(self._build, spec, checkpoint, options, device, devices[0], progress)
+        loop = asyncio.get_running_loop()
+        served.engine.deliver = lambda outputs: loop.call_soon_threadsafe(deliver_each, outputs)
+        try:
+            await asyncio.wrap_future(served.engine.ready)
+        except BaseException:
+            self.context.ledger.release(spec.model_id)
+            raise
         self.models[spec.model_id] = served
         return served.loaded
 
@@ -148,14 +153,17 @@ class TorchHarness:
             )
         need = (weight_bytes + num_blocks * block_size * per_token) // MB + 1
         self.context.ledger.reserve(spec.model_id, {index: need})
-        try:
-            model = model.to_empty(device=device).to(dtype)
-            model.load_weights(_with_progress(checkpoint.weights(progress), progress))
-            model.eval()
+
+        def materialize() -> CausalLM:  # runs on the engine's thread
+            built = model.to_empty(device=device).to(dtype)
+            built.load_weights(_with_progress(checkpoint.weights(progress), progress))
             progress("allocating the KV cache", 0.95)
+            return built.eval()
+
+        try:
             engine = Engine(
                 spec.model_id,
-                model,
+                materialize,
                 num_blocks=num_blocks,
                 block_size=block_size,
                 dtype=dtype,
@@ -166,6 +174,7 @@ class TorchHarness:
                 max_batched_tokens=int(
                     options.get("max_batched_tokens", 8192 if device.type == "cuda" else 512)
                 ),
+                threads=int(options["threads"]) if options.get("threads") else None,
             )
         except BaseException:
             self.context.ledger.release(spec.model_id)
@@ -205,7 +214,7 @@ class TorchHarness:
     async def unload(self, model_id: str) -> None:
         served = self.models.pop(model_id, None)
         if served is not None:
-            await asyncio.to_thread(served.engine.stop)
+            await off_loop(served.engine.stop)
             del served
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -222,16 +231,15 @@ class TorchHarness:
     async def tokenize(self, model_id: str, source: ChatPrompt | str) -> Prompt:
         tokenizer = self._served(model_id).tokenizer
         if isinstance(source, str):
-            return await asyncio.to_thread(encode_text, tokenizer, source)
-        return await asyncio.to_thread(render_chat, tokenizer, source)
+            return await off_loop(encode_text, tokenizer, source)
+        return await off_loop(render_chat, tokenizer, source)
 
     async def generate(self, model_id: str, request: GenerationRequest) -> AsyncIterator[Delta]:
         served = self._served(model_id)
-        loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[tuple[list[int], str | None, str | None]] = asyncio.Queue()
 
         def emit(tokens: list[int], finish: str | None, error: str | None) -> None:
-            loop.call_soon_threadsafe(outputs.put_nowait, (tokens, finish, error))
+            outputs.put_nowait((tokens, finish, error))  # on the event loop (see load's deliver)
 
         prompt = request.prompt.token_ids
         if not prompt:
@@ -271,6 +279,21 @@ class TorchHarness:
     async def close(self) -> None:
         for model_id in list(self.models):
             await self.unload(model_id)
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking work on an executor thread that never starts an OpenMP pool of its own.
+
+    Only engine threads may run multi-threaded torch ops: a second pool on a small
+    CPU makes libgomp throttle spinning, and every small op of the engine then pays
+    a thread wake-up (about 20% of a decode step on two cores).
+    """
+
+    def call() -> T:
+        torch.set_num_threads(1)
+        return fn(*args)
+
+    return await asyncio.to_thread(call)
 
 
 def _with_progress(weights, progress: LoadProgress):

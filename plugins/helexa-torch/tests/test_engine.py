@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from tiny import engine_for, generate, reference
+from tiny import engine_for, generate, reference, run
 
 from helexa.neuron.harness import SamplingParams
 from helexa_torch.engine.block_manager import BlockManager
@@ -70,6 +70,19 @@ def test_preemption_and_recompute_keep_outputs_identical(hf):
     finally:
         roomy.stop()
         tight.stop()
+
+
+def test_a_prompt_is_reused_even_when_its_request_ended_after_one_token(hf):
+    engine = engine_for(hf)
+    try:
+        prompt = list(range(3, 43))
+        [first] = run(engine, [prompt], max_tokens=1)
+        [second] = run(engine, [prompt], max_tokens=1)
+        assert first.cached_prompt == 0
+        assert second.cached_prompt == 36  # every full block but the last, which yields the logits
+        assert second.output_ids == first.output_ids
+    finally:
+        engine.stop()
 
 
 def test_prefix_blocks_are_found_by_chain_hash():

@@ -83,6 +83,11 @@ def engine_for(
 
 def generate(engine: Engine, prompts: list[list[int]], **sampling) -> list[list[int]]:
     """Submit all prompts at once and wait for every sequence to finish; returns generated ids."""
+    return [seq.output_ids for seq in run(engine, prompts, **sampling)]
+
+
+def run(engine: Engine, prompts: list[list[int]], **sampling) -> list[Sequence]:
+    """Like `generate`, returning the finished sequences."""
     sampling.setdefault("max_tokens", 32)
     sampling.setdefault("temperature", 0.0)
     done: queue.Queue[tuple[int, str | None]] = queue.Queue()
@@ -101,4 +106,4 @@ def generate(engine: Engine, prompts: list[list[int]], **sampling) -> list[list[
     for _ in seqs:
         _, error = done.get(timeout=60)
         assert error is None, error
-    return [seq.output_ids for seq in seqs]
+    return seqs

@@ -1,17 +1,20 @@
 """The step loop of one loaded model, on a thread of its own.
 
 The asyncio side submits sequences and aborts through a queue; the engine thread
-runs schedule -> forward -> sample steps while there is work, and hands each new
-token to the sequence's ``emit`` callback (which crosses back to the event loop).
+runs schedule -> forward -> sample steps while there is work, and hands the new
+tokens of each step to the harness in one hop back to the event loop (`Engine.deliver`).
 HTTP, tokenization and detokenization therefore never stall a step.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
 
 import torch
 
@@ -23,13 +26,20 @@ from helexa_torch.engine.sequence import Sequence
 from helexa_torch.models.layers import CausalLM
 
 log = logging.getLogger("helexa.torch.engine")
+Output = tuple[Sequence, list[int], str | None, str | None]
+"""(sequence, new tokens, finish reason, error)."""
+
+
+def deliver_each(outputs: list[Output]) -> None:
+    for seq, tokens, finish, error in outputs:
+        seq.emit(tokens, finish, error)
 
 
 class Engine:
     def __init__(
         self,
         name: str,
-        model: CausalLM,
+        model: CausalLM | Callable[[], CausalLM],
         *,
         num_blocks: int,
         block_size: int,
@@ -39,6 +49,7 @@ class Engine:
         max_model_len: int,
         max_num_seqs: int = 64,
         max_batched_tokens: int = 512,
+        threads: int | None = None,
     ) -> None:
         self.name = name
         self.device = device
@@ -46,13 +57,33 @@ class Engine:
         self.max_model_len = max_model_len
         self.blocks = BlockManager(num_blocks, block_size)
         self.scheduler = Scheduler(self.blocks, max_num_seqs, max_batched_tokens)
-        self.runner = ModelRunner(model, num_blocks, block_size, dtype, device)
         self.sampler = Sampler(device, eos_ids)
         self.inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self.wake = threading.Event()
         self.steps = 0
-        self.thread = threading.Thread(target=self._loop, name=f"engine:{name}", daemon=True)
+        self.deliver: Callable[[list[Output]], None] = deliver_each
+        """How a step's outputs leave the engine thread; the harness sends them to its event loop in one hop."""
+        self.ready: Future[None] = Future()
+        """Done when the model is built and the cache allocated (or failed to be)."""
+        self.thread = threading.Thread(
+            target=self._main, args=(model, num_blocks, block_size, dtype, threads),
+            name=f"engine:{name}", daemon=True,
+        )
         self.thread.start()
+
+    def _main(self, model, num_blocks: int, block_size: int, dtype: torch.dtype, threads: int | None) -> None:
+        # All torch work of this model happens on this thread, building included. On CPU
+        # that keeps one OpenMP pool busy; a second pool (from loading on another thread)
+        # would make libgomp throttle its spinning and every small op would pay a wake-up.
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+        try:
+            built = model() if callable(model) and not isinstance(model, CausalLM) else model
+            self.runner = ModelRunner(built, num_blocks, block_size, dtype, self.device)
+        except BaseException as exc:
+            self.ready.set_exception(exc)
+            return
+        self.ready.set_result(None)
+        self._loop()
 
     # --- called from other threads ---------------------------------------------------
 
@@ -86,9 +117,14 @@ class Engine:
                 self.step()
             except Exception as exc:  # fail what was running, keep the engine alive for the next requests
                 log.error("engine step for %s failed: %s\n%s", self.name, exc, traceback.format_exc())
-                for seq in [*self.scheduler.running, *self.scheduler.waiting]:
-                    self.scheduler.finish(seq)
-                    seq.emit([], "error", f"{type(exc).__name__}: {exc}")
+                self._fail_all(f"{type(exc).__name__}: {exc}")
+
+    def _fail_all(self, message: str) -> None:
+        failed = [*self.scheduler.running, *self.scheduler.waiting]
+        for seq in failed:
+            self.scheduler.finish(seq)
+        if failed:
+            self.deliver([(seq, [], "error", message) for seq in failed])
 
     def _drain(self) -> bool:
         while True:
@@ -97,9 +133,7 @@ class Engine:
             except queue.Empty:
                 return True
             if kind == "stop":
-                for seq in [*self.scheduler.running, *self.scheduler.waiting]:
-                    self.scheduler.finish(seq)
-                    seq.emit([], "error", "the model was unloaded")
+                self._fail_all("the model was unloaded")
                 return False
             assert isinstance(item, Sequence)
             if kind == "add":
@@ -113,26 +147,26 @@ class Engine:
             # Nothing running and the first waiting sequence does not fit even in an empty cache.
             seq = self.scheduler.waiting[0]
             self.scheduler.finish(seq)
-            seq.emit([], "error", "the sequence does not fit in the KV cache")
+            self.deliver([(seq, [], "error", "the sequence does not fit in the KV cache")])
             return
         logits, sampled = self.runner.run(plan)
         self.steps += 1
         for seq, chunk in plan.prefill:
             seq.num_computed += chunk
+            self.blocks.register(seq)  # before a finish releases them: cached blocks outlive their sequence
         for seq in plan.decode:
             seq.num_computed += 1
+            self.blocks.register(seq)
         tokens = self.sampler.sample(logits, sampled) if sampled else []
+        outputs: list[Output] = []
         for seq, token in zip(sampled, tokens, strict=True):
             seq.token_ids.append(token)
             reason = self._finish_reason(seq, token)
             if reason is not None:
                 self.scheduler.finish(seq)
-            else:
-                self.blocks.register(seq)
-            seq.emit([token], reason, None)
-        for seq, _ in plan.prefill:
-            if seq.status == "running":
-                self.blocks.register(seq)
+            outputs.append((seq, [token], reason, None))
+        if outputs:
+            self.deliver(outputs)
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         s = seq.sampling

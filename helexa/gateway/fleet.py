@@ -1,0 +1,157 @@
+"""FleetState: the one owner of what the gateway knows about its neurons.
+
+Which neurons are healthy, their devices and free memory, which models each has in
+which status, and, from the gateway's own side, when each model was last used and
+how many requests it has in flight there. The poller feeds it; routing, placement
+and the admin views read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from helexa.settings import NeuronRef
+from helexa.wire.fleet import ActivationStatus, DeviceHealth, DiscoveryResponse, ModelInfo
+
+
+@dataclass
+class Replica:
+    """A model on one neuron."""
+
+    model_id: str
+    status: str  # loading | loaded | failed | unloading
+    devices: list[int] = field(default_factory=list)
+    vram_mb: int | None = None
+    capabilities: list[str] = field(default_factory=list)
+    max_model_len: int | None = None
+    in_flight: int = 0
+    """Requests the gateway is proxying to it right now."""
+    last_used: float | None = None
+    loaded_at: float = field(default_factory=time.time)
+    """When the gateway first saw it loaded (its own clock, for minimum residency)."""
+    pinned: bool = False
+    """Pinned by an operator through the admin API until unloaded."""
+    load_stage: str | None = None
+    load_progress: float | None = None
+    pending: bool = False
+    """The gateway is loading or unloading it right now; polls must not drop it."""
+
+
+@dataclass
+class Node:
+    name: str
+    endpoint: str
+    healthy: bool = False
+    failures: int = 0
+    discovery: DiscoveryResponse | None = None
+    devices: list[DeviceHealth] = field(default_factory=list)
+    activation: ActivationStatus | None = None
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    last_poll: float | None = None
+    last_error: str | None = None
+
+    def free_mb(self, device: int) -> int:
+        for health in self.devices:
+            if health.index == device:
+                return health.vram_free_mb
+        if self.discovery is not None:
+            for info in self.discovery.devices:
+                if info.index == device:
+                    used = sum(r.vram_mb or 0 for r in self.replicas.values() if device in r.devices)
+                    return max(0, info.vram_total_mb - used)
+        return 0
+
+
+class FleetState:
+    def __init__(self, neurons: list[NeuronRef], unhealthy_after: int = 2) -> None:
+        self.nodes = {n.name: Node(n.name, n.endpoint) for n in neurons}
+        self.unhealthy_after = unhealthy_after
+        self.changed = asyncio.Event()
+        """Set whenever something that could make room changes (a request ends, a poll lands)."""
+
+    def notify(self) -> None:
+        self.changed.set()
+
+    # --- polling -------------------------------------------------------------------
+
+    def poll_succeeded(self, name: str, models: list[ModelInfo], health: list[DeviceHealth] | None,
+                       activation: ActivationStatus | None, discovery: DiscoveryResponse | None) -> None:
+        node = self.nodes[name]
+        node.healthy, node.failures, node.last_poll, node.last_error = True, 0, time.time(), None
+        if discovery is not None:
+            node.discovery = discovery
+        if health is not None:
+            node.devices = health
+        node.activation = activation
+        seen = set()
+        for info in models:
+            seen.add(info.id)
+            replica = node.replicas.get(info.id)
+            if replica is None:
+                replica = node.replicas[info.id] = Replica(model_id=info.id, status=info.status)
+            if replica.pending:
+                continue  # the gateway's own load or unload decides its status
+            if replica.status != "loaded" and info.status == "loaded":
+                replica.loaded_at = time.time()
+            replica.status = info.status
+            replica.devices = info.devices
+            replica.vram_mb = info.vram_used_mb if info.vram_used_mb is not None else replica.vram_mb
+            replica.capabilities = info.capabilities
+            replica.max_model_len = info.max_model_len
+            replica.load_stage, replica.load_progress = info.load_stage, info.load_progress
+        for model_id in list(node.replicas):
+            if model_id not in seen and not node.replicas[model_id].pending:
+                del node.replicas[model_id]
+        self.notify()
+
+    def poll_failed(self, name: str, error: str) -> bool:
+        """Count a failed poll; returns True when this failure marks the neuron unhealthy."""
+        node = self.nodes[name]
+        node.failures += 1
+        node.last_error = error
+        if node.healthy and node.failures >= self.unhealthy_after:
+            self.mark_down(name)
+            return True
+        return False
+
+    def mark_down(self, name: str) -> None:
+        """An unhealthy neuron loses its models from the fleet view; they can be loaded elsewhere."""
+        node = self.nodes[name]
+        node.healthy = False
+        node.replicas.clear()
+        self.notify()
+
+    def suspect(self, name: str, error: str) -> None:
+        """A proxied request failed mid-flight: count it like a failed poll."""
+        self.poll_failed(name, error)
+
+    # --- routing -------------------------------------------------------------------
+
+    def healthy(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.healthy]
+
+    def replicas(self, model_id: str, status: str = "loaded") -> list[tuple[Node, Replica]]:
+        found = []
+        for node in self.healthy():
+            replica = node.replicas.get(model_id)
+            if replica is not None and replica.status == status:
+                found.append((node, replica))
+        return found
+
+    def least_busy(self, model_id: str) -> tuple[Node, Replica] | None:
+        """The loaded replica with the fewest requests in flight (ties: least recently used)."""
+        found = self.replicas(model_id)
+        if not found:
+            return None
+        return min(found, key=lambda pair: (pair[1].in_flight, pair[1].last_used or 0.0, pair[0].name))
+
+    def begin(self, node: Node, replica: Replica) -> None:
+        replica.in_flight += 1
+        replica.last_used = time.time()
+
+    def end(self, replica: Replica) -> None:
+        replica.in_flight = max(0, replica.in_flight - 1)
+        replica.last_used = time.time()
+        self.notify()
