@@ -70,7 +70,6 @@ def transformers_baseline(dtype: torch.dtype, prompt_ids: list[int], tokens: int
                 batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=2
             )
         result["static_batch_16_tok_s"] = round(16 * tokens / (time.perf_counter() - start), 1)
-    del model
     return result
 
 

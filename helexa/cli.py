@@ -21,6 +21,7 @@ from helexa import __version__
 
 # role -> "module:function"; the function takes (config: Path | None, overrides: dict).
 ROLES: dict[str, str] = {
+    "gateway": "helexa.gateway.app:run",
     "neuron": "helexa.neuron.app:run",
 }
 

@@ -62,8 +62,11 @@ class Keys:
             return
         key = self.presented(headers)
         if not key:
-            raise ApiError(401, "an API key is required: send it as 'Authorization: Bearer <key>' or 'x-api-key'",
-                           code="missing_api_key")
+            raise ApiError(
+                401,
+                "an API key is required: send it as 'Authorization: Bearer <key>' or 'x-api-key'",
+                code="missing_api_key",
+            )
         hashed = digest(key)
         if hashed in self.admins:
             return

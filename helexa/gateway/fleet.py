@@ -76,8 +76,14 @@ class FleetState:
 
     # --- polling -------------------------------------------------------------------
 
-    def poll_succeeded(self, name: str, models: list[ModelInfo], health: list[DeviceHealth] | None,
-                       activation: ActivationStatus | None, discovery: DiscoveryResponse | None) -> None:
+    def poll_succeeded(
+        self,
+        name: str,
+        models: list[ModelInfo],
+        health: list[DeviceHealth] | None,
+        activation: ActivationStatus | None,
+        discovery: DiscoveryResponse | None,
+    ) -> None:
         node = self.nodes[name]
         node.healthy, node.failures, node.last_poll, node.last_error = True, 0, time.time(), None
         if discovery is not None:

@@ -72,10 +72,18 @@ class Lifecycle:
             known = sorted({*self.entries, *self.catalogue.aliases, *self._loaded_anywhere()})
             hint = f"; available: {', '.join(known[:20])}" if known else ""
             if not self.fleet.healthy():
-                raise ApiError(503, f"model {model_id!r} is not available: no neuron is healthy", retry_after=5,
-                               code="no_healthy_neuron")
-            raise ApiError(404, f"model {model_id!r} is not loaded on any neuron and not in the catalogue{hint}",
-                           code="model_not_found", param="model")
+                raise ApiError(
+                    503,
+                    f"model {model_id!r} is not available: no neuron is healthy",
+                    retry_after=5,
+                    code="no_healthy_neuron",
+                )
+            raise ApiError(
+                404,
+                f"model {model_id!r} is not loaded on any neuron and not in the catalogue{hint}",
+                code="model_not_found",
+                param="model",
+            )
         return await self.ensure_loaded(entry)
 
     def _loaded_anywhere(self) -> set[str]:
@@ -85,8 +93,12 @@ class Lifecycle:
         model_id = entry.id
         waiting = self.waiters.get(model_id, 0)
         if waiting >= self.settings.lifecycle.wait_queue:
-            raise ApiError(503, f"{waiting} requests are already waiting for {model_id!r} to load; retry shortly",
-                           retry_after=5, code="load_queue_full")
+            raise ApiError(
+                503,
+                f"{waiting} requests are already waiting for {model_id!r} to load; retry shortly",
+                retry_after=5,
+                code="load_queue_full",
+            )
         task = self.loads.get(model_id)
         if task is None:
             task = asyncio.create_task(self._load(entry, node), name=f"load:{model_id}")
@@ -95,10 +107,17 @@ class Lifecycle:
         self.waiters[model_id] = waiting + 1
         started = time.monotonic()
         try:
-            node_, replica = await asyncio.wait_for(asyncio.shield(task), self.settings.lifecycle.wait_timeout_s)
+            node_, replica = await asyncio.wait_for(
+                asyncio.shield(task), self.settings.lifecycle.wait_timeout_s
+            )
         except TimeoutError:
-            raise ApiError(503, f"{model_id!r} is still loading after {self.settings.lifecycle.wait_timeout_s:.0f} s;"
-                           " retry shortly", retry_after=10, code="load_timeout") from None
+            raise ApiError(
+                503,
+                f"{model_id!r} is still loading after {self.settings.lifecycle.wait_timeout_s:.0f} s;"
+                " retry shortly",
+                retry_after=10,
+                code="load_timeout",
+            ) from None
         finally:
             self.waiters[model_id] -= 1
             self.metrics.queue_wait.labels(model_id).observe(time.monotonic() - started)
@@ -116,7 +135,8 @@ class Lifecycle:
         devices = []
         for info in node.discovery.devices:
             residents = tuple(
-                self.resident(node, r) for r in node.replicas.values()
+                self.resident(node, r)
+                for r in node.replicas.values()
                 if r.status == "loaded" and info.index in (r.devices or [0])
             )
             devices.append(Device(info.index, info.vram_total_mb, node.free_mb(info.index), residents))
@@ -136,10 +156,20 @@ class Lifecycle:
 
     def _plan(self, entry: CatalogueModel, nodes: list[Node]):
         now = time.time()
-        usable = [n for n in nodes if n.discovery is not None and self.backoff.get((n.name, entry.id), 0) <= now]
+        usable = [
+            n for n in nodes if n.discovery is not None and self.backoff.get((n.name, entry.id), 0) <= now
+        ]
         loaded_at = {r.model_id: r.loaded_at for n in usable for r in n.replicas.values()}
-        return rank(entry, self.size_of(entry), [self.view(n) for n in usable], self.strategy,
-                    self.settings.eviction.min_residency_s, loaded_at, self.strategy_name == "priority", now)
+        return rank(
+            entry,
+            self.size_of(entry),
+            [self.view(n) for n in usable],
+            self.strategy,
+            self.settings.eviction.min_residency_s,
+            loaded_at,
+            self.strategy_name == "priority",
+            now,
+        )
 
     async def _load(self, entry: CatalogueModel, only: str | None) -> tuple[Node, Replica]:
         deadline = time.monotonic() + self.settings.lifecycle.wait_timeout_s
@@ -159,18 +189,29 @@ class Lifecycle:
                         return await self._place(entry, node, fresh[0])
                     except ApiError as error:
                         errors[room.node] = error.message
-                        self.backoff[(room.node, entry.id)] = time.time() + self.settings.lifecycle.failure_backoff_s
-                        log.error("loading %s on %s failed: %s; backing off %.0f s there", entry.id, room.node,
-                                  error.message, self.settings.lifecycle.failure_backoff_s)
+                        self.backoff[(room.node, entry.id)] = (
+                            time.time() + self.settings.lifecycle.failure_backoff_s
+                        )
+                        log.error(
+                            "loading %s on %s failed: %s; backing off %.0f s there",
+                            entry.id,
+                            room.node,
+                            error.message,
+                            self.settings.lifecycle.failure_backoff_s,
+                        )
             if errors and not any(room.node not in errors for room in choice.ranked) and not choice.busy:
                 detail = "; ".join(f"{n}: {e}" for n, e in errors.items())
-                raise ApiError(503, f"could not load {entry.id!r}: {detail}", retry_after=30, code="load_failed")
+                raise ApiError(
+                    503, f"could not load {entry.id!r}: {detail}", retry_after=30, code="load_failed"
+                )
             if not choice.ranked and not choice.busy:
                 self._raise_infeasible(entry, choice.refusals, only)
             if time.monotonic() >= deadline:
                 self.metrics.no_room.labels(entry.id).inc()
                 reasons = "; ".join(f"{n}: {why}" for n, why in sorted({**choice.busy, **errors}.items()))
-                raise ApiError(503, f"no room for {entry.id!r} yet ({reasons})", retry_after=10, code="no_room")
+                raise ApiError(
+                    503, f"no room for {entry.id!r} yet ({reasons})", retry_after=10, code="no_room"
+                )
             self.fleet.changed.clear()
             try:  # wait for a request to end or a poll to land, then look again
                 await asyncio.wait_for(self.fleet.changed.wait(), min(1.0, deadline - time.monotonic()))
@@ -180,14 +221,23 @@ class Lifecycle:
     def _raise_infeasible(self, entry: CatalogueModel, refusals: dict[str, str], only: str | None) -> None:
         down = [n for n in self.fleet.nodes.values() if not n.healthy and (only is None or n.name == only)]
         if not self.fleet.healthy() or (only and not self.fleet.nodes[only].healthy):
-            raise ApiError(503, f"{entry.id!r} cannot be placed: no healthy neuron"
-                           + (f" ({', '.join(n.name for n in down)} down)" if down else ""),
-                           retry_after=5, code="no_healthy_neuron")
-        feasible_down = [n.name for n in down if n.discovery is not None
-                         and not self._plan(entry, [n]).refusals]
+            raise ApiError(
+                503,
+                f"{entry.id!r} cannot be placed: no healthy neuron"
+                + (f" ({', '.join(n.name for n in down)} down)" if down else ""),
+                retry_after=5,
+                code="no_healthy_neuron",
+            )
+        feasible_down = [
+            n.name for n in down if n.discovery is not None and not self._plan(entry, [n]).refusals
+        ]
         if feasible_down:
-            raise ApiError(503, f"{entry.id!r} fits only on neurons that are down: {', '.join(feasible_down)}",
-                           retry_after=10, code="no_healthy_neuron")
+            raise ApiError(
+                503,
+                f"{entry.id!r} fits only on neurons that are down: {', '.join(feasible_down)}",
+                retry_after=10,
+                code="no_healthy_neuron",
+            )
         raise ApiError(404, explain(entry.id, refusals), code="model_not_placeable", param="model")
 
     async def _place(self, entry: CatalogueModel, node: Node, room: Room) -> tuple[Node, Replica]:
@@ -196,18 +246,29 @@ class Lifecycle:
         for victim in victims:  # before any await: no request may be routed to a victim from now on
             victim.status, victim.pending = "unloading", True
         for victim in victims:
-            log.info("evicting %s from %s to make room for %s (strategy %s)", victim.model_id, node.name,
-                     entry.id, self.strategy_name)
+            log.info(
+                "evicting %s from %s to make room for %s (strategy %s)",
+                victim.model_id,
+                node.name,
+                entry.id,
+                self.strategy_name,
+            )
             try:
                 await client.unload(victim.model_id)
             finally:
                 node.replicas.pop(victim.model_id, None)
             self.metrics.evictions.labels(victim.model_id, node.name, self.strategy_name, "make_room").inc()
-        replica = node.replicas[entry.id] = Replica(model_id=entry.id, status="loading", pending=True,
-                                                    devices=list(room.devices))
-        spec = ModelSpec(model_id=entry.id, harness=entry.harness, quant=entry.quant,
-                         tensor_parallel=entry.min_devices if entry.min_devices > 1 else None,
-                         devices=list(room.devices), options=dict(entry.options))
+        replica = node.replicas[entry.id] = Replica(
+            model_id=entry.id, status="loading", pending=True, devices=list(room.devices)
+        )
+        spec = ModelSpec(
+            model_id=entry.id,
+            harness=entry.harness,
+            quant=entry.quant,
+            tensor_parallel=entry.min_devices if entry.min_devices > 1 else None,
+            devices=list(room.devices),
+            options=dict(entry.options),
+        )
         log.info("loading %s on %s (devices %s)", entry.id, node.name, list(room.devices))
         started = time.monotonic()
         try:
@@ -237,7 +298,9 @@ class Lifecycle:
     async def admin_load(self, model: str, node: str | None, pinned: bool) -> tuple[Node, Replica]:
         model_id = self.resolve(model)
         if node is not None and node not in self.fleet.nodes:
-            raise ApiError(404, f"no neuron named {node!r} (neurons: {', '.join(self.fleet.nodes)})", param="node")
+            raise ApiError(
+                404, f"no neuron named {node!r} (neurons: {', '.join(self.fleet.nodes)})", param="node"
+            )
         existing = [(n, r) for n, r in self.fleet.replicas(model_id) if node is None or n.name == node]
         if existing:
             pair = existing[0]
@@ -251,8 +314,11 @@ class Lifecycle:
         model_id = self.resolve(model)
         targets = [n for n, _ in self.fleet.replicas(model_id) if node is None or n.name == node]
         if not targets:
-            raise ApiError(404, f"model {model_id!r} is not loaded" + (f" on {node!r}" if node else ""),
-                           code="model_not_found")
+            raise ApiError(
+                404,
+                f"model {model_id!r} is not loaded" + (f" on {node!r}" if node else ""),
+                code="model_not_found",
+            )
         for target in targets:
             replica = target.replicas[model_id]
             replica.status, replica.pending = "unloading", True

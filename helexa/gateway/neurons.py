@@ -15,8 +15,13 @@ T = TypeVar("T")
 
 
 class NeuronClient:
-    def __init__(self, name: str, endpoint: str, settings: GatewaySettings,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        endpoint: str,
+        settings: GatewaySettings,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.name = name
         self.endpoint = endpoint
         proxy = settings.proxy
@@ -25,9 +30,12 @@ class NeuronClient:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30)
         self.http = httpx.AsyncClient(
             base_url=endpoint,
-            timeout=httpx.Timeout(connect=proxy.connect_timeout_s, read=max(proxy.first_byte_timeout_s,
-                                                                            proxy.stall_timeout_s),
-                                  write=proxy.connect_timeout_s, pool=proxy.first_byte_timeout_s),
+            timeout=httpx.Timeout(
+                connect=proxy.connect_timeout_s,
+                read=max(proxy.first_byte_timeout_s, proxy.stall_timeout_s),
+                write=proxy.connect_timeout_s,
+                pool=proxy.first_byte_timeout_s,
+            ),
             limits=limits,
             transport=transport,
         )
@@ -47,15 +55,21 @@ class NeuronClient:
         return await self._get("/health", HealthResponse)
 
     async def load(self, spec: ModelSpec) -> ModelInfo:
-        response = await self.http.post("/models/load", content=msgspec.json.encode(spec),
-                                        headers={"content-type": "application/json"}, timeout=self.load_timeout)
+        response = await self.http.post(
+            "/models/load",
+            content=msgspec.json.encode(spec),
+            headers={"content-type": "application/json"},
+            timeout=self.load_timeout,
+        )
         if response.status_code != 200:
             raise neuron_error(self.name, "load", response)
         model = msgspec.json.decode(response.content).get("model")
         return msgspec.convert(model, ModelInfo)
 
     async def unload(self, model_id: str) -> None:
-        response = await self.http.post("/models/unload", json={"model_id": model_id}, timeout=self.load_timeout)
+        response = await self.http.post(
+            "/models/unload", json={"model_id": model_id}, timeout=self.load_timeout
+        )
         if response.status_code not in (200, 404):  # 404: already gone, which is what we wanted
             raise neuron_error(self.name, "unload", response)
 

@@ -69,12 +69,18 @@ def infeasible_reason(entry: CatalogueModel, node: NodeView, size_mb: int) -> st
             return f"needs {wanted} device(s) with at least {entry.min_device_vram_mb} MB, has {len(big)}"
     largest = sorted((d.total_mb for d in node.devices), reverse=True)[:wanted]
     if sum(largest) < size_mb:
-        return f"needs {size_mb} MB, its {'largest device holds' if wanted == 1 else 'devices hold'} {sum(largest)} MB"
+        holder = "largest device holds" if wanted == 1 else "devices hold"
+        return f"needs {size_mb} MB, its {holder} {sum(largest)} MB"
     return None
 
 
-def movable(residents: Sequence[Resident], now: float, min_residency_s: float, loaded_at: dict[str, float],
-            priority: int | None) -> list[Resident]:
+def movable(
+    residents: Sequence[Resident],
+    now: float,
+    min_residency_s: float,
+    loaded_at: dict[str, float],
+    priority: int | None,
+) -> list[Resident]:
     """Residents that may be displaced: not pinned, idle, past their minimum residency, and (under the
     priority strategy) not more important than the model coming in."""
     out = []
@@ -87,7 +93,9 @@ def movable(residents: Sequence[Resident], now: float, min_residency_s: float, l
     return out
 
 
-def plan_room(device: Device, size_mb: int, strategy: Strategy, candidates: Sequence[Resident]) -> tuple[str, ...] | None:
+def plan_room(
+    device: Device, size_mb: int, strategy: Strategy, candidates: Sequence[Resident]
+) -> tuple[str, ...] | None:
     """What to unload from ``device`` so ``size_mb`` fits (``()`` if it already does; None if it cannot)."""
     short = size_mb - device.free_mb
     if short <= 0:
@@ -117,19 +125,24 @@ def rank(
             choice.refusals[node.name] = reason
             continue
         pinned = node.name in entry.pinned_on
-        usable = [d for d in node.devices
-                  if entry.min_device_vram_mb is None or d.total_mb >= entry.min_device_vram_mb]
+        usable = [
+            d
+            for d in node.devices
+            if entry.min_device_vram_mb is None or d.total_mb >= entry.min_device_vram_mb
+        ]
         rooms = []
         for device in usable:
-            candidates = movable(device.residents, now, min_residency_s, loaded_at,
-                                 entry.priority if use_priority else None)
+            candidates = movable(
+                device.residents, now, min_residency_s, loaded_at, entry.priority if use_priority else None
+            )
             evict = plan_room(device, per_device, strategy, candidates)
             if evict is not None:
                 rooms.append((len(evict) > 0, len(evict), -device.free_mb, device.index, evict))
         rooms.sort()
         if len(rooms) < entry.min_devices:
-            choice.busy[node.name] = (f"no room for {size_mb} MB: what is resident is busy, pinned, "
-                                      "or loaded too recently to evict")
+            choice.busy[node.name] = (
+                f"no room for {size_mb} MB: what is resident is busy, pinned, or loaded too recently to evict"
+            )
             continue
         picked = rooms[: entry.min_devices]
         evicts = tuple(m for room in picked for m in room[4])

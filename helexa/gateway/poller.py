@@ -18,8 +18,9 @@ log = logging.getLogger("helexa.gateway.poller")
 
 
 class Poller:
-    def __init__(self, fleet: FleetState, clients: dict[str, NeuronClient], interval_s: float,
-                 metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, fleet: FleetState, clients: dict[str, NeuronClient], interval_s: float, metrics: GatewayMetrics
+    ) -> None:
         self.fleet = fleet
         self.clients = clients
         self.interval_s = interval_s
@@ -36,8 +37,12 @@ class Poller:
             was_healthy = node.healthy
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if self.fleet.poll_failed(name, reason):
-                log.warning("neuron %s is unhealthy after %d failed polls (%s); its models leave the fleet view",
-                            name, node.failures, reason)
+                log.warning(
+                    "neuron %s is unhealthy after %d failed polls (%s); its models leave the fleet view",
+                    name,
+                    node.failures,
+                    reason,
+                )
             elif was_healthy:
                 log.info("neuron %s did not answer a poll (%s)", name, reason)
         else:

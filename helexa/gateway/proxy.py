@@ -109,8 +109,16 @@ class Meter:
 class Upstream:
     """One proxied request on a neuron: open it, then read its body or its SSE events."""
 
-    def __init__(self, client: NeuronClient, fleet: FleetState, node: Node, replica: Replica,
-                 metrics: GatewayMetrics, stall_timeout_s: float, first_byte_timeout_s: float) -> None:
+    def __init__(
+        self,
+        client: NeuronClient,
+        fleet: FleetState,
+        node: Node,
+        replica: Replica,
+        metrics: GatewayMetrics,
+        stall_timeout_s: float,
+        first_byte_timeout_s: float,
+    ) -> None:
         self.client = client
         self.fleet = fleet
         self.node = node
@@ -121,21 +129,30 @@ class Upstream:
         self.response: httpx.Response | None = None
 
     async def open(self, path: str, body: bytes) -> httpx.Response:
-        request = self.client.http.build_request("POST", path, content=body,
-                                                 headers={"content-type": "application/json"})
+        request = self.client.http.build_request(
+            "POST", path, content=body, headers={"content-type": "application/json"}
+        )
         self.fleet.begin(self.node, self.replica)
         self.metrics.in_flight.labels(self.replica.model_id, self.node.name).inc()
         try:
-            self.response = await asyncio.wait_for(self.client.http.send(request, stream=True), self.first_byte)
+            self.response = await asyncio.wait_for(
+                self.client.http.send(request, stream=True), self.first_byte
+            )
         except TimeoutError:
             await self.close()
-            raise ApiError(504, f"neuron {self.node.name!r} sent nothing for {self.first_byte:.0f} s",
-                           code="upstream_timeout") from None
+            raise ApiError(
+                504,
+                f"neuron {self.node.name!r} sent nothing for {self.first_byte:.0f} s",
+                code="upstream_timeout",
+            ) from None
         except httpx.HTTPError as exc:
             await self.close()
             self.fleet.suspect(self.node.name, str(exc))
-            raise ApiError(502, f"neuron {self.node.name!r} is unreachable: {type(exc).__name__}: {exc}",
-                           code="upstream_unreachable") from None
+            raise ApiError(
+                502,
+                f"neuron {self.node.name!r} is unreachable: {type(exc).__name__}: {exc}",
+                code="upstream_unreachable",
+            ) from None
         return self.response
 
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -148,8 +165,11 @@ class Upstream:
             return await asyncio.wait_for(self.response.aread(), self.first_byte)
         except (TimeoutError, httpx.HTTPError) as exc:
             self.fleet.suspect(self.node.name, str(exc))
-            raise ApiError(502, f"neuron {self.node.name!r} failed while answering: {type(exc).__name__}",
-                           code="upstream_failed") from None
+            raise ApiError(
+                502,
+                f"neuron {self.node.name!r} failed while answering: {type(exc).__name__}",
+                code="upstream_failed",
+            ) from None
 
     async def events(self) -> AsyncIterator[bytes]:
         """Complete SSE events (each ending in a blank line) as they arrive."""
@@ -165,7 +185,9 @@ class Upstream:
                 raise UpstreamBroken(f"neuron {self.node.name!r} stalled for {self.stall:.0f} s") from None
             except httpx.HTTPError as exc:
                 self.fleet.suspect(self.node.name, str(exc))
-                raise UpstreamBroken(f"neuron {self.node.name!r} failed mid-stream: {type(exc).__name__}") from None
+                raise UpstreamBroken(
+                    f"neuron {self.node.name!r} failed mid-stream: {type(exc).__name__}"
+                ) from None
             pending += chunk
             while True:
                 cut = pending.find(b"\n\n")

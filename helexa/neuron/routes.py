@@ -159,7 +159,7 @@ async def chat_completions(neuron: Any, scope: Scope, receive: Receive, send: Se
         send,
         job,
         request,
-        lambda g: serving.chat_stream(neuron.manager, job, g, _include_usage(request)),
+        lambda g: serving.chat_stream(neuron.manager, job, g, request.stream_options),
         lambda g: serving.chat_completion(neuron.manager, job, g),
     )
 

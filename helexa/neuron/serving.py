@@ -312,9 +312,14 @@ class ChunkWriter:
             "model": model,
         }
 
-    def frame(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    def frame(
+        self, delta: dict[str, Any], finish: str | None = None, usage: oa.Usage | None = None, **extra: Any
+    ) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish, **extra}
-        return b"data: " + msgspec.json.encode({**self.head, "choices": [choice]}) + b"\n\n"
+        chunk = {**self.head, "choices": [choice]}
+        if usage is not None:
+            chunk["usage"] = usage
+        return b"data: " + msgspec.json.encode(chunk) + b"\n\n"
 
     def usage(self, usage: oa.Usage) -> bytes:
         return b"data: " + msgspec.json.encode({**self.head, "choices": [], "usage": usage}) + b"\n\n"
@@ -325,12 +330,20 @@ def error_frame(error: ApiError) -> bytes:
 
 
 async def chat_stream(
-    manager: ModelManager, job: Job, generation: Generation, include_usage: bool
+    manager: ModelManager, job: Job, generation: Generation, options: oa.StreamOptions | None
 ) -> AsyncIterator[bytes]:
     writer = ChunkWriter(job.model)
     calls = 0
+    include_usage = bool(options and options.include_usage)
     try:
-        yield writer.frame({"role": "assistant", "content": ""})
+        first = writer.frame({"role": "assistant", "content": ""})
+        if include_usage and options.continuous_usage_stats:  # vLLM-style: the prompt size, at once
+            prompt = len(job.prompt.token_ids)
+            first = writer.frame(
+                {"role": "assistant", "content": ""},
+                usage=oa.Usage(prompt_tokens=prompt, completion_tokens=0, total_tokens=prompt),
+            )
+        yield first
         async for event in events(manager, job, generation):
             if isinstance(event, Finish):
                 yield writer.frame({}, event.reason, stop_reason=event.stop_sequence)

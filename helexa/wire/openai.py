@@ -58,6 +58,8 @@ class Tool(msgspec.Struct, kw_only=True):
 
 class StreamOptions(msgspec.Struct, kw_only=True):
     include_usage: bool = False
+    continuous_usage_stats: bool = False
+    """vLLM's extension: usage on the first chunk too, so a translator knows the prompt size at once."""
 
 
 Probability = Annotated[float, Meta(ge=0, le=1)]

@@ -62,12 +62,14 @@ class Engine:
         self.wake = threading.Event()
         self.steps = 0
         self.deliver: Callable[[list[Output]], None] = deliver_each
-        """How a step's outputs leave the engine thread; the harness sends them to its event loop in one hop."""
+        """How a step's outputs leave the engine thread (the harness hops to its event loop once)."""
         self.ready: Future[None] = Future()
         """Done when the model is built and the cache allocated (or failed to be)."""
         self.thread = threading.Thread(
-            target=self._main, args=(model, num_blocks, block_size, dtype, threads),
-            name=f"engine:{name}", daemon=True,
+            target=self._main,
+            args=(model, num_blocks, block_size, dtype, threads),
+            name=f"engine:{name}",
+            daemon=True,
         )
         self.thread.start()
 

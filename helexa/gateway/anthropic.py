@@ -1,0 +1,152 @@
+"""Anthropic Messages on the gateway: ``POST /v1/messages`` and ``/v1/messages/count_tokens``.
+
+Requests are translated to OpenAI chat completions for the neurons and answers
+translated back (whole, or event by event through `helexa.translate.stream`).
+Errors use Anthropic's envelope; keys come as ``x-api-key`` or ``Authorization:
+Bearer``; ``anthropic-version`` and ``anthropic-beta`` headers are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from helexa.asgi import (
+    SSE_HEADERS,
+    Receive,
+    Scope,
+    Send,
+    decode,
+    read_body,
+    send_json,
+    stream,
+    until_disconnect,
+)
+from helexa.errors import ApiError
+from helexa.gateway.proxy import TOKEN, Meter, UpstreamBroken, event_data
+from helexa.gateway.routes import keepalives, neuron_refusal, route, routed
+from helexa.translate import request as treq
+from helexa.translate.response import to_anthropic
+from helexa.translate.stream import Event, StreamTranslator
+from helexa.wire.anthropic import CountTokensRequest, MessagesRequest
+
+PING = b'event: ping\ndata: {"type":"ping"}\n\n'
+CHAT = "/v1/chat/completions"
+
+
+def sse(event: Event) -> bytes:
+    name, data = event
+    return b"event: " + name.encode() + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
+
+
+def error_kind(error: ApiError) -> str:
+    return error.anthropic_type
+
+
+@route("/v1/messages", anthropic=True)
+async def messages(gateway: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    request = decode(await read_body(receive, gateway.max_body), MessagesRequest)
+    model_id = gateway.lifecycle.resolve(request.model)
+    body = msgspec.json.encode(treq.to_openai(request, model_id))
+    meter = Meter(model_id, "/v1/messages")
+    task, quick = await routed(gateway, model_id, receive, request.stream)
+    if not request.stream:
+        node, replica = task.result()
+        meter.node = node.name
+        upstream = gateway.upstream(node, replica)
+        response = await upstream.open(CHAT, body)
+        try:
+            content = await until_disconnect(receive, upstream.read())
+        finally:
+            await upstream.close()
+        if response.status_code != 200:
+            meter.record(gateway.metrics, str(response.status_code))
+            raise neuron_refusal(node.name, response.status_code, content)
+        completion = json.loads(content)
+        meter.usage(completion.get("usage"))
+        meter.token()
+        meter.record(gateway.metrics, "200")
+        await send_json(send, 200, to_anthropic(completion, request.model, request.stop_sequences))
+        return
+    translator = StreamTranslator(request.model, request.stop_sequences)
+    upstream = None
+    if quick:  # errors that come this early still get a real HTTP status
+        node, replica = task.result()
+        meter.node = node.name
+        upstream = gateway.upstream(node, replica)
+        response = await upstream.open(CHAT, body)
+        if response.status_code != 200:
+            content = await upstream.read()
+            await upstream.close()
+            raise neuron_refusal(node.name, response.status_code, content)
+
+    async def events() -> AsyncIterator[bytes]:
+        nonlocal upstream
+        try:
+            if upstream is None:
+                async for frame in keepalives(gateway, task, PING):
+                    yield frame
+                node, replica = task.result()
+                meter.node = node.name
+                upstream = gateway.upstream(node, replica)
+                response = await upstream.open(CHAT, body)
+                if response.status_code != 200:
+                    raise neuron_refusal(node.name, response.status_code, await upstream.read())
+            async for raw in upstream.events():
+                data = event_data(raw)
+                if data is None or data == b"[DONE]":
+                    continue
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    error = (
+                        chunk["error"]
+                        if isinstance(chunk["error"], dict)
+                        else {"message": str(chunk["error"])}
+                    )
+                    for event in translator.error("api_error", str(error.get("message", "upstream error"))):
+                        yield sse(event)
+                    return
+                if TOKEN.search(raw):
+                    meter.token()
+                for event in translator.feed(chunk):
+                    yield sse(event)
+            for event in translator.finish():
+                yield sse(event)
+            meter.usage(translator.usage)
+        except ApiError as error:
+            for event in translator.start() + translator.error(error_kind(error), error.message):
+                yield sse(event)
+        except UpstreamBroken as broken:
+            for event in translator.start() + translator.error("api_error", str(broken)):
+                yield sse(event)
+        finally:
+            if upstream is not None:
+                await upstream.close()
+
+    completed = await stream(receive, send, events(), 200, SSE_HEADERS)
+    meter.record(gateway.metrics, "200" if completed else "client_gone")
+
+
+@route("/v1/messages/count_tokens", anthropic=True)
+async def count_tokens(gateway: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    request = decode(await read_body(receive, gateway.max_body), CountTokensRequest)
+    model_id = gateway.lifecycle.resolve(request.model)
+    body: dict[str, Any] = {
+        "model": model_id,
+        "messages": treq.chat_messages(request.system, request.messages),
+    }
+    tools = treq.tools(request.tools)
+    if tools:
+        body["tools"] = tools
+    kwargs = treq.thinking_kwargs(request.thinking)
+    if kwargs:
+        body["chat_template_kwargs"] = kwargs
+    node, _ = await until_disconnect(receive, gateway.lifecycle.route(model_id))
+    counted = await gateway.clients[node.name].tokenize(body)
+    await send_json(send, 200, {"input_tokens": counted["count"]})
+
+
+ANTHROPIC_ROUTES = [messages, count_tokens]

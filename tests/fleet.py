@@ -1,0 +1,83 @@
+"""A fleet for tests: echo neurons and a gateway in front of them, on ephemeral ports."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import msgspec
+from neurons import neuron_settings
+
+from helexa.gateway.app import Gateway, create_app
+from helexa.neuron.app import Neuron
+from helexa.neuron.app import create_app as neuron_app
+from helexa.settings import Catalogue, GatewaySettings
+from helexa.testing import serve_app
+
+
+@dataclass
+class Fleet:
+    url: str
+    gateway: Gateway
+    neurons: dict[str, tuple[str, Neuron]] = field(default_factory=dict)
+    stoppers: dict[str, contextlib.ExitStack] = field(default_factory=dict)
+
+    def kill(self, name: str) -> None:
+        """Stop a neuron's server, as if its host went away."""
+        self.stoppers.pop(name).close()
+
+    def wait(self, predicate, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            time.sleep(0.02)
+
+    def models_on(self, name: str) -> set[str]:
+        return {
+            m.spec.model_id for m in self.neurons[name][1].manager.entries.values() if m.status == "loaded"
+        }
+
+
+@contextlib.contextmanager
+def running_fleet(
+    neurons: dict[str, dict[str, Any]], catalogue: dict[str, Any] | None = None, **gateway: Any
+) -> Iterator[Fleet]:
+    """Neurons by name (each a dict of neuron.toml sections) and a gateway whose catalogue is given."""
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        services = {}
+        stoppers = {}
+        for name, sections in neurons.items():
+            service = Neuron(neuron_settings(**sections))
+            inner = contextlib.ExitStack()
+            urls[name] = inner.enter_context(serve_app(neuron_app(service)))
+            stack.callback(inner.close)
+            services[name] = (urls[name], service)
+            stoppers[name] = inner
+        data = {
+            "gateway": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0"},
+            "poller": {"interval_s": 0.2, "timeout_s": 2},
+            "neurons": [{"name": n, "endpoint": u} for n, u in urls.items()],
+        }
+        for key, value in gateway.items():
+            data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+        settings = msgspec.convert(data, GatewaySettings)
+        service = Gateway(settings, msgspec.convert(catalogue or {}, Catalogue))
+        url = stack.enter_context(serve_app(create_app(service)))
+        fleet = Fleet(url, service, services, stoppers)
+        fleet.wait(lambda: all(n.healthy for n in service.fleet.nodes.values()))
+        yield fleet
+        for stopper in fleet.stoppers.values():
+            stopper.close()
+
+
+def load(fleet: Fleet, neuron: str, model_id: str, **options: Any) -> None:
+    url = fleet.neurons[neuron][0]
+    httpx.post(
+        f"{url}/models/load", json={"model_id": model_id, "options": options}, timeout=30
+    ).raise_for_status()
+    fleet.wait(lambda: any(model_id in n.replicas for n in fleet.gateway.fleet.healthy()))
