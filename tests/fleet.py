@@ -13,6 +13,7 @@ import msgspec
 from neurons import neuron_settings
 
 from helexa.gateway.app import Gateway, create_app
+from helexa.gateway.metrics import metrics_app
 from helexa.neuron.app import Neuron
 from helexa.neuron.app import create_app as neuron_app
 from helexa.settings import Catalogue, GatewaySettings
@@ -23,6 +24,7 @@ from helexa.testing import serve_app
 class Fleet:
     url: str
     gateway: Gateway
+    metrics_url: str
     neurons: dict[str, tuple[str, Neuron]] = field(default_factory=dict)
     stoppers: dict[str, contextlib.ExitStack] = field(default_factory=dict)
 
@@ -58,21 +60,39 @@ def running_fleet(
             stack.callback(inner.close)
             services[name] = (urls[name], service)
             stoppers[name] = inner
-        data = {
-            "gateway": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0"},
-            "poller": {"interval_s": 0.2, "timeout_s": 2},
-            "neurons": [{"name": n, "endpoint": u} for n, u in urls.items()],
-        }
-        for key, value in gateway.items():
-            data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-        settings = msgspec.convert(data, GatewaySettings)
+        settings = gateway_settings(urls, **gateway)
         service = Gateway(settings, msgspec.convert(catalogue or {}, Catalogue))
         url = stack.enter_context(serve_app(create_app(service)))
-        fleet = Fleet(url, service, services, stoppers)
+        metrics = stack.enter_context(serve_app(metrics_app(service.metrics), lifespan="off"))
+        fleet = Fleet(url, service, f"{metrics}/metrics", services, stoppers)
         fleet.wait(lambda: all(n.healthy for n in service.fleet.nodes.values()))
         yield fleet
         for stopper in fleet.stoppers.values():
             stopper.close()
+
+
+def gateway_settings(urls: dict[str, str], **sections: Any) -> GatewaySettings:
+    data: dict[str, Any] = {
+        "gateway": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0"},
+        "poller": {"interval_s": 0.2, "timeout_s": 2},
+        "eviction": {"min_residency_s": 0},
+        "neurons": [{"name": n, "endpoint": u} for n, u in urls.items()],
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return msgspec.convert(data, GatewaySettings)
+
+
+@contextlib.contextmanager
+def gateway_only(
+    urls: dict[str, str], catalogue: dict[str, Any] | None = None, **sections: Any
+) -> Iterator[Fleet]:
+    """A gateway in front of neurons that run elsewhere (subprocesses)."""
+    service = Gateway(gateway_settings(urls, **sections), msgspec.convert(catalogue or {}, Catalogue))
+    with serve_app(create_app(service)) as url, serve_app(metrics_app(service.metrics), lifespan="off") as m:
+        fleet = Fleet(url, service, f"{m}/metrics")
+        fleet.wait(lambda: all(n.healthy for n in service.fleet.nodes.values()))
+        yield fleet
 
 
 def load(fleet: Fleet, neuron: str, model_id: str, **options: Any) -> None:

@@ -107,9 +107,9 @@ class Lifecycle:
         self.waiters[model_id] = waiting + 1
         started = time.monotonic()
         try:
-            node_, replica = await asyncio.wait_for(
-                asyncio.shield(task), self.settings.lifecycle.wait_timeout_s
-            )
+            # A little longer than the load's own wait for room, so its verdict (and reasons) comes first.
+            limit = self.settings.lifecycle.wait_timeout_s + 2
+            node_, replica = await asyncio.wait_for(asyncio.shield(task), limit)
         except TimeoutError:
             raise ApiError(
                 503,

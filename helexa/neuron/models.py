@@ -41,7 +41,6 @@ class ModelEntry:
     stage: str | None = None
     fraction: float | None = None
     ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    streams: set[AsyncIterator[Delta]] = field(default_factory=set)
 
     def info(self) -> ModelInfo:
         loaded = self.loaded
@@ -158,10 +157,7 @@ class ModelManager:
                 await asyncio.shield(entry.ready)
         if entry.status == "unloading":
             raise ApiError(409, f"model {model_id!r} is already being unloaded", code="model_unloading")
-        entry.status = "unloading"
-        for stream in list(entry.streams):  # abort what it is still generating
-            with suppress(Exception):
-                await stream.aclose()  # type: ignore[attr-defined]
+        entry.status = "unloading"  # every generation still running ends at its next step (Generation)
         try:
             await self.harnesses[entry.harness].unload(model_id)
         finally:
@@ -282,6 +278,14 @@ class Generation:
             raise
         if delta.finish_reason is not None:
             self.finished = True
+        elif self.entry.status != "loaded":  # the model is being unloaded under this request
+            await self.aclose(reason="unloaded")
+            raise ApiError(
+                503,
+                f"model {self.entry.spec.model_id!r} was unloaded while generating; retry",
+                code="model_unloaded",
+                retry_after=1,
+            )
         return delta
 
     async def _start(self) -> None:
@@ -293,16 +297,14 @@ class Generation:
             raise ApiError(404, f"model {model_id!r} was unloaded", code="model_not_found")
         entry.last_used = time.time()
         self.stream = self.manager.harness_of(entry).generate(model_id, self.request)
-        entry.streams.add(self.stream)
 
-    async def aclose(self) -> None:
+    async def aclose(self, reason: str = "client") -> None:
         entry, metrics = self.entry, self.manager.metrics
         if self.stream is not None:
             stream, self.stream = self.stream, None
-            entry.streams.discard(stream)
             entry.last_used = time.time()
             if not self.finished:
-                metrics.aborted.labels(entry.spec.model_id, "client").inc()
+                metrics.aborted.labels(entry.spec.model_id, reason).inc()
             with suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
         await self.ticket.release_async()
