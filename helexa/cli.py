@@ -8,6 +8,7 @@ litestar.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import sys
@@ -142,6 +143,41 @@ def config_check(file: Path, kind: str | None) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     click.echo(f"{file}: valid {found} config")
+
+
+@cli.command()
+@click.option(
+    "--gateway",
+    "url",
+    default=lambda: os.environ.get("HELEXA_GATEWAY_URL", "http://127.0.0.1:31313"),
+    show_default="http://127.0.0.1:31313 or $HELEXA_GATEWAY_URL",
+    help="The gateway to ask.",
+)
+@click.option(
+    "--key", default=lambda: os.environ.get("HELEXA_API_KEY"), help="Admin key (or $HELEXA_API_KEY)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def status(url: str, key: str | None, as_json: bool) -> None:
+    """Show the fleet: neurons, devices, free memory, models, and loads in progress."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/admin/fleet", headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        click.echo(f"error: cannot reach the gateway at {url}: {exc}", err=True)
+        sys.exit(1)
+    if response.status_code != 200:
+        message = response.json().get("error", {}).get("message", response.text)
+        click.echo(f"error: {url} answered {response.status_code}: {message}", err=True)
+        sys.exit(1)
+    fleet = response.json()
+    if as_json:
+        click.echo(json.dumps(fleet, indent=2))
+        return
+    from helexa.fleet_table import render
+
+    render(fleet)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -320,3 +321,18 @@ def test_key_errors_use_each_protocols_envelope(keyed):
         "type": "error",
         "error": {"type": "authentication_error", "message": anthropic_style["error"]["message"]},
     }
+
+
+def test_status_command_shows_nodes_models_and_loads(fleet):
+    from click.testing import CliRunner
+
+    from helexa.cli import cli
+
+    table = CliRunner().invoke(cli, ["status", "--gateway", fleet.url], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    assert "echo/on-a" in table.output and "loaded" in table.output and "4000 MB" in table.output
+    as_json = CliRunner().invoke(cli, ["status", "--gateway", fleet.url, "--json"])
+    names = {n["name"] for n in json.loads(as_json.output)["nodes"]}
+    assert names == {"a", "b"}
+    unreachable = CliRunner().invoke(cli, ["status", "--gateway", "http://127.0.0.1:9"])
+    assert unreachable.exit_code == 1 and "cannot reach" in unreachable.output

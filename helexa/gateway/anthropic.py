@@ -8,7 +8,6 @@ Bearer``; ``anthropic-version`` and ``anthropic-beta`` headers are accepted.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,9 +36,32 @@ PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 CHAT = "/v1/chat/completions"
 
 
+DELTA_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+
+
 def sse(event: Event) -> bytes:
     name, data = event
+    if name == "content_block_delta":  # most of a stream: spell it out instead of encoding nested dicts
+        delta = data["delta"]
+        kind = delta["type"]
+        field = "text" if kind == "text_delta" else "thinking" if kind == "thinking_delta" else "partial_json"
+        return (
+            DELTA_HEAD
+            + str(data["index"]).encode()
+            + b',"delta":{"type":"'
+            + kind.encode()
+            + b'","'
+            + field.encode()
+            + b'":'
+            + msgspec.json.encode(delta[field])
+            + b"}}\n\n"
+        )
     return b"event: " + name.encode() + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
+
+
+def frames(events: list[Event]) -> bytes:
+    """The events one upstream chunk produced, as one write to the client."""
+    return b"".join(sse(event) for event in events)
 
 
 def error_kind(error: ApiError) -> str:
@@ -62,10 +84,10 @@ async def messages(gateway: Any, scope: Scope, receive: Receive, send: Send) -> 
             content = await until_disconnect(receive, upstream.read())
         finally:
             await upstream.close()
-        if response.status_code != 200:
-            meter.record(gateway.metrics, str(response.status_code))
-            raise neuron_refusal(node.name, response.status_code, content)
-        completion = json.loads(content)
+        if response.status != 200:
+            meter.record(gateway.metrics, str(response.status))
+            raise neuron_refusal(node.name, response.status, content)
+        completion = msgspec.json.decode(content)
         meter.usage(completion.get("usage"))
         meter.token()
         meter.record(gateway.metrics, "200")
@@ -78,10 +100,10 @@ async def messages(gateway: Any, scope: Scope, receive: Receive, send: Send) -> 
         meter.node = node.name
         upstream = gateway.upstream(node, replica)
         response = await upstream.open(CHAT, body)
-        if response.status_code != 200:
+        if response.status != 200:
             content = await upstream.read()
             await upstream.close()
-            raise neuron_refusal(node.name, response.status_code, content)
+            raise neuron_refusal(node.name, response.status, content)
 
     async def events() -> AsyncIterator[bytes]:
         nonlocal upstream
@@ -93,35 +115,32 @@ async def messages(gateway: Any, scope: Scope, receive: Receive, send: Send) -> 
                 meter.node = node.name
                 upstream = gateway.upstream(node, replica)
                 response = await upstream.open(CHAT, body)
-                if response.status_code != 200:
-                    raise neuron_refusal(node.name, response.status_code, await upstream.read())
+                if response.status != 200:
+                    raise neuron_refusal(node.name, response.status, await upstream.read())
             async for raw in upstream.events():
                 data = event_data(raw)
                 if data is None or data == b"[DONE]":
                     continue
-                chunk = json.loads(data)
+                chunk = msgspec.json.decode(data)
                 if "error" in chunk:
                     error = (
                         chunk["error"]
                         if isinstance(chunk["error"], dict)
                         else {"message": str(chunk["error"])}
                     )
-                    for event in translator.error("api_error", str(error.get("message", "upstream error"))):
-                        yield sse(event)
+                    yield frames(translator.error("api_error", str(error.get("message", "upstream error"))))
                     return
                 if TOKEN.search(raw):
                     meter.token()
-                for event in translator.feed(chunk):
-                    yield sse(event)
-            for event in translator.finish():
-                yield sse(event)
+                out = translator.feed(chunk)
+                if out:
+                    yield frames(out)
+            yield frames(translator.finish())
             meter.usage(translator.usage)
         except ApiError as error:
-            for event in translator.start() + translator.error(error_kind(error), error.message):
-                yield sse(event)
+            yield frames(translator.start() + translator.error(error_kind(error), error.message))
         except UpstreamBroken as broken:
-            for event in translator.start() + translator.error("api_error", str(broken)):
-                yield sse(event)
+            yield frames(translator.start() + translator.error("api_error", str(broken)))
         finally:
             if upstream is not None:
                 await upstream.close()

@@ -8,6 +8,7 @@ import httpx
 import msgspec
 
 from helexa.errors import ApiError
+from helexa.gateway.transport import LeanTransport
 from helexa.settings import GatewaySettings
 from helexa.wire.fleet import DiscoveryResponse, HealthResponse, ModelInfo, ModelSpec
 
@@ -27,6 +28,11 @@ class NeuronClient:
         proxy = settings.proxy
         self.poll_timeout = settings.poller.timeout_s
         self.load_timeout = settings.lifecycle.load_timeout_s
+        self.connect_timeout = proxy.connect_timeout_s
+        url = httpx.URL(endpoint)
+        self.address = (url.host, url.port or 80)
+        self.lean = LeanTransport()
+        """The proxy's fast path to this neuron; the httpx client below uses it too."""
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30)
         self.http = httpx.AsyncClient(
             base_url=endpoint,
@@ -37,7 +43,7 @@ class NeuronClient:
                 pool=proxy.first_byte_timeout_s,
             ),
             limits=limits,
-            transport=transport,
+            transport=transport or self.lean,
         )
 
     async def _get(self, path: str, kind: type[T]) -> T:

@@ -24,7 +24,9 @@ from helexa.errors import ApiError
 from helexa.gateway.fleet import FleetState, Node, Replica
 from helexa.gateway.metrics import GatewayMetrics
 from helexa.gateway.neurons import NeuronClient
+from helexa.gateway.transport import Answer
 
+JSON_HEADERS = [(b"content-type", b"application/json")]
 HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server"}
 TOKEN = re.compile(rb'"(?:content|reasoning_content|text)":"[^"]|"tool_calls":\[')
 USAGE = re.compile(rb'"usage":\s*\{')
@@ -126,19 +128,28 @@ class Upstream:
         self.metrics = metrics
         self.stall = stall_timeout_s
         self.first_byte = first_byte_timeout_s
-        self.response: httpx.Response | None = None
+        self.answer: Answer | None = None
 
-    async def open(self, path: str, body: bytes) -> httpx.Response:
-        request = self.client.http.build_request(
-            "POST", path, content=body, headers={"content-type": "application/json"}
-        )
+    @property
+    def status(self) -> int:
+        assert self.answer is not None
+        return self.answer.status
+
+    async def open(self, path: str, body: bytes) -> Answer:
         self.fleet.begin(self.node, self.replica)
         self.metrics.in_flight.labels(self.replica.model_id, self.node.name).inc()
         try:
-            self.response = await asyncio.wait_for(
-                self.client.http.send(request, stream=True), self.first_byte
-            )
-        except TimeoutError:
+            async with asyncio.timeout(self.first_byte):
+                self.answer = await self.client.lean.request(
+                    self.client.address,
+                    b"POST",
+                    path.encode(),
+                    JSON_HEADERS,
+                    body,
+                    self.client.connect_timeout,
+                    self.first_byte,
+                )
+        except (TimeoutError, httpx.TimeoutException):
             await self.close()
             raise ApiError(
                 504,
@@ -153,17 +164,18 @@ class Upstream:
                 f"neuron {self.node.name!r} is unreachable: {type(exc).__name__}: {exc}",
                 code="upstream_unreachable",
             ) from None
-        return self.response
+        self.answer.read_timeout = self.stall
+        return self.answer
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        assert self.response is not None
-        return [(k, v) for k, v in self.response.headers.raw if k.lower() not in HOP_BY_HOP]
+        assert self.answer is not None
+        return [(k, v) for k, v in self.answer.headers if k.lower() not in HOP_BY_HOP]
 
     async def read(self) -> bytes:
-        assert self.response is not None
+        assert self.answer is not None
         try:
-            return await asyncio.wait_for(self.response.aread(), self.first_byte)
-        except (TimeoutError, httpx.HTTPError) as exc:
+            return await self.answer.read()
+        except httpx.HTTPError as exc:
             self.fleet.suspect(self.node.name, str(exc))
             raise ApiError(
                 502,
@@ -173,35 +185,31 @@ class Upstream:
 
     async def events(self) -> AsyncIterator[bytes]:
         """Complete SSE events (each ending in a blank line) as they arrive."""
-        assert self.response is not None
-        chunks = self.response.aiter_raw()
+        assert self.answer is not None
         pending = b""
-        while True:
-            try:
-                chunk = await asyncio.wait_for(chunks.__anext__(), self.stall)
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                raise UpstreamBroken(f"neuron {self.node.name!r} stalled for {self.stall:.0f} s") from None
-            except httpx.HTTPError as exc:
-                self.fleet.suspect(self.node.name, str(exc))
-                raise UpstreamBroken(
-                    f"neuron {self.node.name!r} failed mid-stream: {type(exc).__name__}"
-                ) from None
-            pending += chunk
-            while True:
-                cut = pending.find(b"\n\n")
-                if cut < 0:
-                    break
-                yield pending[: cut + 2]
-                pending = pending[cut + 2 :]
+        try:
+            async for chunk in self.answer.chunks():
+                pending += chunk
+                while True:
+                    cut = pending.find(b"\n\n")
+                    if cut < 0:
+                        break
+                    yield pending[: cut + 2]
+                    pending = pending[cut + 2 :]
+        except httpx.ReadTimeout:
+            raise UpstreamBroken(f"neuron {self.node.name!r} stalled for {self.stall:.0f} s") from None
+        except httpx.HTTPError as exc:
+            self.fleet.suspect(self.node.name, str(exc))
+            raise UpstreamBroken(
+                f"neuron {self.node.name!r} failed mid-stream: {type(exc).__name__}"
+            ) from None
         if pending.strip():
             yield pending + b"\n\n"
 
     async def close(self) -> None:
-        if self.response is not None:
-            await self.response.aclose()
-            self.response = None
+        if self.answer is not None:
+            await self.answer.aclose()
+            self.answer = None
         if self.replica is not None:
             self.fleet.end(self.replica)
             self.metrics.in_flight.labels(self.replica.model_id, self.node.name).dec()

@@ -113,7 +113,7 @@ async def openai_proxy(gateway: Any, scope: Scope, receive: Receive, send: Send,
         upstream = gateway.upstream(node, replica)
         response = await upstream.open(path, body)
         meter.node = node.name
-        if not head.stream or response.status_code != 200:
+        if not head.stream or response.status != 200:
             await whole_answer(gateway, upstream, receive, send, meter)
             return
         events = openai_events(upstream, meter, strip_usage=inject)
@@ -130,8 +130,8 @@ async def openai_proxy(gateway: Any, scope: Scope, receive: Receive, send: Send,
             upstream = gateway.upstream(node, replica)
             response = await upstream.open(path, body)
             meter.node = node.name
-            if response.status_code != 200:
-                raise neuron_refusal(node.name, response.status_code, await upstream.read())
+            if response.status != 200:
+                raise neuron_refusal(node.name, response.status, await upstream.read())
             async for event in openai_events(upstream, meter, strip_usage=inject):
                 yield event
         except (ApiError, UpstreamBroken) as error:
@@ -170,8 +170,7 @@ def neuron_refusal(node: str, status: int, content: bytes) -> ApiError:
 
 async def whole_answer(gateway: Any, upstream: Upstream, receive: Receive, send: Send, meter: Meter) -> None:
     """A non-streaming answer (or an error) passed through as the neuron gave it."""
-    assert upstream.response is not None
-    status = upstream.response.status_code
+    status = upstream.status
     content_type = upstream_content_type(upstream)
     try:
         content = await until_disconnect(receive, upstream.read())

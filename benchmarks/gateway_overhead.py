@@ -1,0 +1,270 @@
+"""What the gateway adds to its upstream: latency, time to first token, per-chunk delay, throughput, CPU.
+
+Runs a mock neuron (benchmarks/mock_neuron.py) and `helexa --role gateway` in front
+of it as subprocesses (one worker), then measures side by side, direct and through
+the gateway:
+
+- sequential non-streaming latency (p50, p99) and what the gateway adds;
+- streams offered at a fixed rate: time to first token added (p50, p99) and the
+  delay each chunk gains between the upstream sending it and the client seeing it;
+- the same streams through ``/v1/messages`` (Anthropic translation), and the
+  translation's CPU per chunk against the passthrough;
+- closed-loop requests/s with 32 clients;
+- the gateway's CPU time per request and per 16-chunk stream.
+
+LiteLLM's figures on this kind of machine (../shared/reference/perf-anchors.md,
+LiteLLM 1.110.2 with one worker, measured with the same method) are printed
+beside ours.
+
+    python benchmarks/gateway_overhead.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import cpu_seconds, helexa_process, median, percentile
+from _http import Connection
+
+from helexa.testing import free_port
+
+MODEL = "mock/model"
+STREAMS = 1000  # enough that the CPU clock's 10 ms ticks do not matter
+CHAT = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
+LITELLM_ANCHOR = {
+    "added_p50_ms": 9.7,
+    "added_p99_ms": 11.2,
+    "max_rps": 130,
+    "cpu_ms_per_request": 8.2,
+    "cpu_ms_per_16_chunk_stream": 21.5,
+    "stream_ttft_added_p50_ms_at_10_25_per_s": 13.3,
+    "source": "perf-anchors.md, LiteLLM 1.110.2, 1 worker, same machine type",
+}
+
+
+async def sequential(port: int, n: int) -> list[float]:
+    connection = Connection("127.0.0.1", port)
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        status, _ = await connection.post("/v1/chat/completions", CHAT)
+        assert status == 200, status
+        times.append(time.perf_counter() - start)
+    await connection.close()
+    return times
+
+
+async def one_stream(port: int, path: str, body: bytes) -> tuple[float, list[float]]:
+    connection = Connection("127.0.0.1", port)
+    start = time.perf_counter()
+    status, chunks = await connection.post(path, body)
+    assert status == 200, status
+    await connection.close()
+    first = next(t for t, data in chunks if b"tok 0" in data)
+    wall_now, perf_now = time.time(), time.perf_counter()
+    gains = []
+    for arrived, data in chunks:
+        for line in data.split(b"\n"):
+            if b'"sent":' in line:  # the mock's send time, on the same clock
+                sent = float(line.rsplit(b'"sent":', 1)[1].rstrip(b"}").split(b",")[0])
+                gains.append((wall_now - (perf_now - arrived)) - sent)
+    return first - start, gains
+
+
+async def offered_streams(port: int, path: str, rate: float, seconds: float, chunks: int) -> dict:
+    body = stream_request(chunks)
+    tasks = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        tasks.append(asyncio.create_task(one_stream(port, path, body)))
+    results = await asyncio.gather(*tasks)
+    ttfts = [r[0] for r in results]
+    gains = [g for r in results for g in r[1]]
+    return {
+        "ttft_p50_ms": round(median(ttfts) * 1000, 3),
+        "ttft_p99_ms": round(percentile(ttfts, 99) * 1000, 3),
+        "chunk_gain_p50_ms": round(median(gains) * 1000, 3),
+        "chunk_gain_p99_ms": round(percentile(gains, 99) * 1000, 3),
+        "streams": len(results),
+    }
+
+
+async def closed_loop(port: int, clients: int, seconds: float) -> float:
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def client():
+        nonlocal done
+        connection = Connection("127.0.0.1", port)
+        while time.perf_counter() < stop:
+            status, _ = await connection.post("/v1/chat/completions", CHAT)
+            assert status == 200
+            done += 1
+        await connection.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done / (time.perf_counter() - start)
+
+
+def cpu_per(pid: int, run) -> tuple[float, object]:
+    before = cpu_seconds(pid)
+    result = run()
+    return cpu_seconds(pid) - before, result
+
+
+@contextlib.contextmanager
+def mock_neuron():
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "mock_neuron.py"), "--port", str(port)]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/models").status_code == 200:
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield port, process
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def measure(args) -> dict:
+    with mock_neuron() as (upstream, _), tempfile.TemporaryDirectory() as folder:
+        port = free_port()
+        config = Path(folder) / "gateway.toml"
+        config.write_text(
+            f'[gateway]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = "127.0.0.1:{free_port()}"\n'
+            f'[poller]\ninterval_s = 2\n[[neurons]]\nname = "mock"\nendpoint = "http://127.0.0.1:{upstream}"\n'
+        )
+        with helexa_process(
+            "gateway", config, f"http://127.0.0.1:{port}/health", env={"HELEXA_LOG_LEVEL": "warning"}
+        ) as gw:
+            while not httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]:
+                time.sleep(0.1)
+            n = 100 if args.quick else 300
+            asyncio.run(sequential(upstream, 20))
+            asyncio.run(sequential(port, 20))
+            direct, through = [], []
+            for _ in range(3):  # interleave, so drift on a shared machine hits both
+                direct += asyncio.run(sequential(upstream, n // 3))
+                through += asyncio.run(sequential(port, n // 3))
+            latency = {
+                "direct_p50_ms": round(median(direct) * 1000, 3),
+                "gateway_p50_ms": round(median(through) * 1000, 3),
+                "added_p50_ms": round((median(through) - median(direct)) * 1000, 3),
+                "added_p99_ms": round((percentile(through, 99) - percentile(direct, 99)) * 1000, 3),
+            }
+            seconds = 3 if args.quick else 6
+            streams = {}
+            for rate in [20] if args.quick else [10, 25]:
+                d = asyncio.run(offered_streams(upstream, "/v1/chat/completions", rate, seconds, 16))
+                g = asyncio.run(offered_streams(port, "/v1/chat/completions", rate, seconds, 16))
+                a = asyncio.run(offered_streams(port, "/v1/messages", rate, seconds, 16))
+                streams[f"{rate}_per_s"] = {
+                    "direct": d,
+                    "gateway": g,
+                    "gateway_anthropic": a,
+                    "ttft_added_p50_ms": round(g["ttft_p50_ms"] - d["ttft_p50_ms"], 3),
+                    "ttft_added_p99_ms": round(g["ttft_p99_ms"] - d["ttft_p99_ms"], 3),
+                    "chunk_delay_added_p50_ms": round(g["chunk_gain_p50_ms"] - d["chunk_gain_p50_ms"], 3),
+                }
+            loop_s = 3 if args.quick else 6
+            direct_rps = asyncio.run(closed_loop(upstream, 32, loop_s))
+            gateway_rps = asyncio.run(closed_loop(port, 32, loop_s))
+            requests = 300
+            cpu_req, _ = cpu_per(gw.pid, lambda: asyncio.run(sequential(port, requests)))
+            stream_cpu = {}
+            for chunks in (16, 64):  # two lengths: the slope is the cost per chunk, the rest per request
+                for route in ("/v1/chat/completions", "/v1/messages"):
+                    body = stream_request(chunks)
+                    used, _ = cpu_per(
+                        gw.pid, lambda b=body, r=route: asyncio.run(_streams(port, r, b, STREAMS))
+                    )
+                    stream_cpu[(route, chunks)] = used / STREAMS
+    return {
+        "latency": latency,
+        "streams": streams,
+        "max_rps": {"direct": round(direct_rps), "gateway": round(gateway_rps)},
+        "cpu": cpu_summary(cpu_req / requests, stream_cpu),
+    }
+
+
+def stream_request(chunks: int) -> bytes:
+    """A streaming request both /v1/chat/completions and /v1/messages accept."""
+    body = {
+        "model": MODEL,
+        "max_tokens": chunks,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    return json.dumps(body).encode()
+
+
+def cpu_summary(per_request: float, streams: dict[tuple[str, int], float]) -> dict[str, float]:
+    def per_chunk(route: str) -> float:
+        return (streams[(route, 64)] - streams[(route, 16)]) / 48
+
+    openai_chunk, anthropic_chunk = per_chunk("/v1/chat/completions"), per_chunk("/v1/messages")
+    return {
+        "ms_per_request": round(per_request * 1000, 3),
+        "ms_per_16_chunk_stream": round(streams[("/v1/chat/completions", 16)] * 1000, 3),
+        "ms_per_16_chunk_anthropic_stream": round(streams[("/v1/messages", 16)] * 1000, 3),
+        "us_per_chunk_passthrough": round(openai_chunk * 1e6, 1),
+        "us_per_chunk_anthropic": round(anthropic_chunk * 1e6, 1),
+        "anthropic_over_passthrough_per_chunk": round(anthropic_chunk / max(openai_chunk, 1e-9), 2),
+    }
+
+
+async def _streams(port: int, path: str, body: bytes, count: int) -> None:
+    for _ in range(count // 50):
+        await asyncio.gather(*(_one(port, path, body) for _ in range(50)))
+
+
+async def _one(port: int, path: str, body: bytes) -> None:
+    connection = Connection("127.0.0.1", port)
+    status, _ = await connection.post(path, body)
+    assert status == 200
+    await connection.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--litellm", action="store_true", help="measure LiteLLM 1.110.2 too (installs it in /tmp)"
+    )
+    args = parser.parse_args()
+    helexa = measure(args)
+    result = {
+        "benchmark": "gateway_overhead",
+        "helexa": helexa,
+        "litellm_anchor": LITELLM_ANCHOR,
+        "ratios": {
+            "rps_vs_litellm_anchor": round(helexa["max_rps"]["gateway"] / LITELLM_ANCHOR["max_rps"], 1),
+            "cpu_per_stream_vs_litellm_anchor": round(
+                helexa["cpu"]["ms_per_16_chunk_stream"] / LITELLM_ANCHOR["cpu_ms_per_16_chunk_stream"], 3
+            ),
+        },
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
