@@ -247,9 +247,6 @@ async def _one(port: int, path: str, body: bytes) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument(
-        "--litellm", action="store_true", help="measure LiteLLM 1.110.2 too (installs it in /tmp)"
-    )
     args = parser.parse_args()
     helexa = measure(args)
     result = {
