@@ -26,7 +26,7 @@ from helexa.asgi import (
 )
 from helexa.errors import ApiError
 from helexa.gateway.proxy import TOKEN, Meter, UpstreamBroken, event_data
-from helexa.gateway.routes import keepalives, neuron_refusal, route, routed
+from helexa.gateway.routes import abandon, keepalives, neuron_refusal, route, routed
 from helexa.translate import request as treq
 from helexa.translate.response import to_anthropic
 from helexa.translate.stream import Event, StreamTranslator
@@ -76,9 +76,9 @@ async def messages(gateway: Any, scope: Scope, receive: Receive, send: Send) -> 
     meter = Meter(model_id, "/v1/messages")
     task, quick = await routed(gateway, model_id, receive, request.stream)
     if not request.stream:
-        node, replica = task.result()
+        upstream = gateway.upstream(task.result())
+        node = upstream.node
         meter.node = node.name
-        upstream = gateway.upstream(node, replica)
         response = await upstream.open(CHAT, body)
         try:
             content = await until_disconnect(receive, upstream.read())
@@ -96,14 +96,13 @@ async def messages(gateway: Any, scope: Scope, receive: Receive, send: Send) -> 
     translator = StreamTranslator(request.model, request.stop_sequences)
     upstream = None
     if quick:  # errors that come this early still get a real HTTP status
-        node, replica = task.result()
-        meter.node = node.name
-        upstream = gateway.upstream(node, replica)
+        upstream = gateway.upstream(task.result())
+        meter.node = upstream.node.name
         response = await upstream.open(CHAT, body)
         if response.status != 200:
             content = await upstream.read()
             await upstream.close()
-            raise neuron_refusal(node.name, response.status, content)
+            raise neuron_refusal(upstream.node.name, response.status, content)
 
     async def events() -> AsyncIterator[bytes]:
         nonlocal upstream
@@ -111,12 +110,11 @@ async def messages(gateway: Any, scope: Scope, receive: Receive, send: Send) -> 
             if upstream is None:
                 async for frame in keepalives(gateway, task, PING):
                     yield frame
-                node, replica = task.result()
-                meter.node = node.name
-                upstream = gateway.upstream(node, replica)
+                upstream = gateway.upstream(task.result())
+                meter.node = upstream.node.name
                 response = await upstream.open(CHAT, body)
                 if response.status != 200:
-                    raise neuron_refusal(node.name, response.status, await upstream.read())
+                    raise neuron_refusal(upstream.node.name, response.status, await upstream.read())
             async for raw in upstream.events():
                 data = event_data(raw)
                 if data is None or data == b"[DONE]":
@@ -144,6 +142,8 @@ async def messages(gateway: Any, scope: Scope, receive: Receive, send: Send) -> 
         finally:
             if upstream is not None:
                 await upstream.close()
+            else:
+                abandon(task)
 
     completed = await stream(receive, send, events(), 200, SSE_HEADERS)
     meter.record(gateway.metrics, "200" if completed else "client_gone")
@@ -163,8 +163,11 @@ async def count_tokens(gateway: Any, scope: Scope, receive: Receive, send: Send)
     kwargs = treq.thinking_kwargs(request.thinking)
     if kwargs:
         body["chat_template_kwargs"] = kwargs
-    node, _ = await until_disconnect(receive, gateway.lifecycle.route(model_id))
-    counted = await gateway.clients[node.name].tokenize(body)
+    lease = await until_disconnect(receive, gateway.lifecycle.route(model_id))
+    try:
+        counted = await gateway.clients[lease.node.name].tokenize(body)
+    finally:
+        lease.release()
     await send_json(send, 200, {"input_tokens": counted["count"]})
 
 

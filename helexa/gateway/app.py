@@ -15,7 +15,7 @@ from helexa import config
 from helexa.errors import ApiError
 from helexa.gateway.anthropic import ANTHROPIC_ROUTES
 from helexa.gateway.auth import Keys
-from helexa.gateway.fleet import FleetState, Node, Replica
+from helexa.gateway.fleet import FleetState, Lease
 from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.metrics import GatewayMetrics, metrics_app
 from helexa.gateway.neurons import NeuronClient
@@ -54,13 +54,11 @@ class Gateway:
         self.keys = Keys(settings.auth)
         self.max_body = int(settings.gateway.max_body_mb * 1024 * 1024)
 
-    def upstream(self, node: Node, replica: Replica) -> Upstream:
+    def upstream(self, lease: Lease) -> Upstream:
         proxy = self.settings.proxy
         return Upstream(
-            self.clients[node.name],
-            self.fleet,
-            node,
-            replica,
+            self.clients[lease.node.name],
+            lease,
             self.metrics,
             proxy.stall_timeout_s,
             proxy.first_byte_timeout_s,

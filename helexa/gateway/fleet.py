@@ -51,6 +51,8 @@ class Node:
     replicas: dict[str, Replica] = field(default_factory=dict)
     last_poll: float | None = None
     last_error: str | None = None
+    changes: int = 0
+    """Bumped whenever the gateway loads or unloads here; a poll that straddles a change is stale."""
 
     def free_mb(self, device: int) -> int:
         for health in self.devices:
@@ -62,6 +64,23 @@ class Node:
                     used = sum(r.vram_mb or 0 for r in self.replicas.values() if device in r.devices)
                     return max(0, info.vram_total_mb - used)
         return 0
+
+
+@dataclass
+class Lease:
+    """A request's hold on a replica: counted in flight from routing until released, so the replica
+    cannot be chosen for eviction between the routing decision and the request reaching it."""
+
+    node: Node
+    replica: Replica
+    fleet: FleetState
+    taken: bool = False
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.fleet.end(self.replica)
 
 
 class FleetState:
@@ -83,14 +102,20 @@ class FleetState:
         health: list[DeviceHealth] | None,
         activation: ActivationStatus | None,
         discovery: DiscoveryResponse | None,
+        changes: int | None = None,
     ) -> None:
+        """Take in a poll's answers. ``changes`` is the node's change count when the poll began: if
+        the gateway loaded or unloaded something since, the model list is stale and is skipped."""
         node = self.nodes[name]
         node.healthy, node.failures, node.last_poll, node.last_error = True, 0, time.time(), None
         if discovery is not None:
             node.discovery = discovery
+        node.activation = activation
+        if changes is not None and changes != node.changes:
+            self.notify()
+            return
         if health is not None:
             node.devices = health
-        node.activation = activation
         seen = set()
         for info in models:
             seen.add(info.id)
@@ -153,9 +178,10 @@ class FleetState:
             return None
         return min(found, key=lambda pair: (pair[1].in_flight, pair[1].last_used or 0.0, pair[0].name))
 
-    def begin(self, node: Node, replica: Replica) -> None:
+    def lease(self, node: Node, replica: Replica) -> Lease:
         replica.in_flight += 1
         replica.last_used = time.time()
+        return Lease(node, replica, self)
 
     def end(self, replica: Replica) -> None:
         replica.in_flight = max(0, replica.in_flight - 1)

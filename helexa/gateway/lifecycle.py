@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from helexa.errors import ApiError
 from helexa.eviction import Resident, Strategy
-from helexa.gateway.fleet import FleetState, Node, Replica
+from helexa.gateway.fleet import FleetState, Lease, Node, Replica
 from helexa.gateway.metrics import GatewayMetrics
 from helexa.gateway.neurons import NeuronClient
 from helexa.gateway.placement import DEFAULT_SIZE_MB, Device, NodeView, Room, explain, rank
@@ -62,11 +62,17 @@ class Lifecycle:
 
     # --- routing -------------------------------------------------------------------
 
-    async def route(self, model_id: str) -> tuple[Node, Replica]:
-        """The replica to send a request to, loading the model first if no neuron has it."""
+    async def route(self, model_id: str) -> Lease:
+        """A lease on the replica to send a request to, loading the model first if no neuron has it."""
         found = self.fleet.least_busy(model_id)
-        if found is not None:
-            return found
+        while found is None:
+            await self._cold(model_id)
+            # Between the load finishing and this waiter resuming, another placement may already have
+            # displaced the model (it had no requests in flight yet): then route again.
+            found = self.fleet.least_busy(model_id)
+        return self.fleet.lease(*found)
+
+    async def _cold(self, model_id: str) -> tuple[Node, Replica]:
         entry = self.entries.get(model_id)
         if entry is None:
             known = sorted({*self.entries, *self.catalogue.aliases, *self._loaded_anywhere()})
@@ -245,6 +251,7 @@ class Lifecycle:
         victims = [node.replicas[m] for m in room.evict if m in node.replicas]
         for victim in victims:  # before any await: no request may be routed to a victim from now on
             victim.status, victim.pending = "unloading", True
+        node.changes += 1  # polls already under way must not bring the victims back
         for victim in victims:
             log.info(
                 "evicting %s from %s to make room for %s (strategy %s)",
@@ -257,6 +264,7 @@ class Lifecycle:
                 await client.unload(victim.model_id)
             finally:
                 node.replicas.pop(victim.model_id, None)
+                node.changes += 1
             self.metrics.evictions.labels(victim.model_id, node.name, self.strategy_name, "make_room").inc()
         replica = node.replicas[entry.id] = Replica(
             model_id=entry.id, status="loading", pending=True, devices=list(room.devices)
@@ -280,6 +288,7 @@ class Lifecycle:
                 raise
             raise ApiError(502, f"neuron {node.name!r} did not answer the load: {exc}") from None
         finally:
+            node.changes += 1
             await asyncio.shield(asyncio.ensure_future(self.refresh(node.name)))  # type: ignore[arg-type]
         elapsed = time.monotonic() - started
         self.metrics.loads.labels(entry.id, node.name, "loaded").observe(elapsed)
@@ -322,10 +331,12 @@ class Lifecycle:
         for target in targets:
             replica = target.replicas[model_id]
             replica.status, replica.pending = "unloading", True
+            target.changes += 1
             try:
                 await self.clients[target.name].unload(model_id)
             finally:
                 target.replicas.pop(model_id, None)
+                target.changes += 1
             self.metrics.evictions.labels(model_id, target.name, self.strategy_name, "admin").inc()
             log.info("unloaded %s from %s (admin request)", model_id, target.name)
         return [t.name for t in targets]

@@ -30,6 +30,7 @@ class Poller:
     async def poll(self, name: str) -> None:
         client = self.clients[name]
         node = self.fleet.nodes[name]
+        changes = node.changes
         try:
             discovery = await client.discovery() if node.discovery is None else None
             models, health = await asyncio.gather(client.models(), client.health())
@@ -48,7 +49,7 @@ class Poller:
         else:
             if not node.healthy:
                 log.info("neuron %s is healthy (%s)", name, client.endpoint)
-            self.fleet.poll_succeeded(name, models, health.devices, health.activation, discovery)
+            self.fleet.poll_succeeded(name, models, health.devices, health.activation, discovery, changes)
         self.metrics.node_up.labels(name).set(1 if node.healthy else 0)
 
     async def poll_all(self) -> None:

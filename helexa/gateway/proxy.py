@@ -21,7 +21,7 @@ import httpx
 import msgspec
 
 from helexa.errors import ApiError
-from helexa.gateway.fleet import FleetState, Node, Replica
+from helexa.gateway.fleet import Lease
 from helexa.gateway.metrics import GatewayMetrics
 from helexa.gateway.neurons import NeuronClient
 from helexa.gateway.transport import Answer
@@ -114,17 +114,17 @@ class Upstream:
     def __init__(
         self,
         client: NeuronClient,
-        fleet: FleetState,
-        node: Node,
-        replica: Replica,
+        lease: Lease,
         metrics: GatewayMetrics,
         stall_timeout_s: float,
         first_byte_timeout_s: float,
     ) -> None:
+        lease.taken = True
         self.client = client
-        self.fleet = fleet
-        self.node = node
-        self.replica = replica
+        self.lease = lease
+        self.fleet = lease.fleet
+        self.node = lease.node
+        self.replica = lease.replica
         self.metrics = metrics
         self.stall = stall_timeout_s
         self.first_byte = first_byte_timeout_s
@@ -136,7 +136,6 @@ class Upstream:
         return self.answer.status
 
     async def open(self, path: str, body: bytes) -> Answer:
-        self.fleet.begin(self.node, self.replica)
         self.metrics.in_flight.labels(self.replica.model_id, self.node.name).inc()
         try:
             async with asyncio.timeout(self.first_byte):
@@ -210,10 +209,9 @@ class Upstream:
         if self.answer is not None:
             await self.answer.aclose()
             self.answer = None
-        if self.replica is not None:
-            self.fleet.end(self.replica)
+        if not self.lease.released:
+            self.lease.release()
             self.metrics.in_flight.labels(self.replica.model_id, self.node.name).dec()
-            self.replica = None  # type: ignore[assignment]
 
 
 class UpstreamBroken(Exception):

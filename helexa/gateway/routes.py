@@ -85,10 +85,27 @@ async def routed(gateway: Any, model_id: str, receive: Receive, streaming: bool)
     task = asyncio.ensure_future(gateway.lifecycle.route(model_id))
     task.add_done_callback(lambda t: t.cancelled() or t.exception())  # consumed below, or by nobody
     if not streaming:
-        await until_disconnect(receive, asyncio.shield(task))
+        try:
+            await until_disconnect(receive, asyncio.shield(task))
+        except ClientGone:
+            abandon(task)
+            raise
         return task, True
     await asyncio.wait({task}, timeout=0.5)
     return task, task.done()
+
+
+def abandon(task: asyncio.Task) -> None:
+    """Nobody will use this routing's lease: give it back (now, or when routing finishes)."""
+
+    def give_back(done: asyncio.Task) -> None:
+        if not done.cancelled() and done.exception() is None and not done.result().taken:
+            done.result().release()
+
+    if task.done():
+        give_back(task)
+    else:
+        task.add_done_callback(give_back)
 
 
 async def keepalives(gateway: Any, task: asyncio.Task, comment: bytes) -> AsyncIterator[bytes]:
@@ -109,10 +126,9 @@ async def openai_proxy(gateway: Any, scope: Scope, receive: Receive, send: Send,
         body = rewrite(body, model_id if model_id != head.model else None, inject)
     task, quick = await routed(gateway, model_id, receive, head.stream)
     if quick:
-        node, replica = task.result()
-        upstream = gateway.upstream(node, replica)
+        upstream = gateway.upstream(task.result())
         response = await upstream.open(path, body)
-        meter.node = node.name
+        meter.node = upstream.node.name
         if not head.stream or response.status != 200:
             await whole_answer(gateway, upstream, receive, send, meter)
             return
@@ -126,12 +142,11 @@ async def openai_proxy(gateway: Any, scope: Scope, receive: Receive, send: Send,
         try:
             async for frame in keepalives(gateway, task, f": loading {model_id}\n\n".encode()):
                 yield frame
-            node, replica = task.result()
-            upstream = gateway.upstream(node, replica)
+            upstream = gateway.upstream(task.result())
             response = await upstream.open(path, body)
-            meter.node = node.name
+            meter.node = upstream.node.name
             if response.status != 200:
-                raise neuron_refusal(node.name, response.status, await upstream.read())
+                raise neuron_refusal(upstream.node.name, response.status, await upstream.read())
             async for event in openai_events(upstream, meter, strip_usage=inject):
                 yield event
         except (ApiError, UpstreamBroken) as error:
@@ -139,6 +154,8 @@ async def openai_proxy(gateway: Any, scope: Scope, receive: Receive, send: Send,
         finally:
             if upstream is not None:
                 await upstream.close()
+            else:
+                abandon(task)
 
     completed = await stream(receive, send, loading_then_answer(), 200, SSE_HEADERS)
     meter.record(gateway.metrics, "200" if completed else "client_gone")
