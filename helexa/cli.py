@@ -24,6 +24,7 @@ from helexa import __version__
 ROLES: dict[str, str] = {
     "gateway": "helexa.gateway.app:run",
     "neuron": "helexa.neuron.app:run",
+    "standalone": "helexa.standalone:run",
 }
 
 
@@ -67,6 +68,13 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
     help="Override a config key (beats file and environment), e.g. --set gateway.listen=127.0.0.1:9000.",
 )
 @click.option(
+    "--model", help="standalone: the model to serve (hub id in the local cache, folder or GGUF file)."
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), help="standalone: where to run the model."
+)
+@click.option("--dtype", help="standalone: float32, bfloat16, float16 or auto.")
+@click.option(
     "--log-level",
     default=os.environ.get("HELEXA_LOG_LEVEL", "info"),
     show_default=True,
@@ -74,7 +82,14 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 )
 @click.pass_context
 def cli(
-    ctx: click.Context, role: str | None, config_path: Path | None, settings: tuple[str, ...], log_level: str
+    ctx: click.Context,
+    role: str | None,
+    config_path: Path | None,
+    settings: tuple[str, ...],
+    model: str | None,
+    device: str | None,
+    dtype: str | None,
+    log_level: str,
 ) -> None:
     """helexa: one OpenAI + Anthropic API for a fleet of GPU hosts.
 
@@ -88,9 +103,18 @@ def cli(
         return
     if role not in ROLES:
         raise click.UsageError(f"unknown role {role!r}; choose one of: {', '.join(ROLES) or '(none yet)'}")
+    overrides = parse_overrides(settings)
+    shortcuts = {"standalone.model": model, "standalone.device": device, "standalone.dtype": dtype}
+    given = {key: value for key, value in shortcuts.items() if value is not None}
+    if given and role != "standalone":
+        raise click.UsageError(
+            "--model, --device and --dtype are for --role standalone; other roles take "
+            "their models from their config files"
+        )
+    overrides.update(given)
     module, _, func = ROLES[role].partition(":")
     run = getattr(importlib.import_module(module), func)
-    sys.exit(run(config_path, parse_overrides(settings)) or 0)
+    sys.exit(run(config_path, overrides) or 0)
 
 
 @cli.command()
@@ -130,7 +154,7 @@ def config() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--kind",
-    type=click.Choice(["gateway", "models", "neuron", "bench"]),
+    type=click.Choice(["gateway", "models", "neuron", "bench", "standalone"]),
     help="Which config this is (default: from the file name, else its tables).",
 )
 def config_check(file: Path, kind: str | None) -> None:

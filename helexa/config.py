@@ -47,6 +47,7 @@ def kind_of(path: Path, data: Mapping[str, Any] | None = None) -> str:
         ("models", {"models", "aliases"}),
         ("bench", {"bench", "targets", "scenarios"}),
         ("neuron", {"neuron", "default_models", "simulated_devices"}),
+        ("standalone", {"standalone"}),
         ("gateway", {"gateway", "neurons", "poller", "proxy", "eviction", "auth"}),
     ):
         if keys & marker:

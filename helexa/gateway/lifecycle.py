@@ -73,6 +73,9 @@ class Lifecycle:
         return self.fleet.lease(*found)
 
     async def _cold(self, model_id: str) -> tuple[Node, Replica]:
+        await self._first_polls()
+        if self.fleet.least_busy(model_id) is not None:
+            return self.fleet.least_busy(model_id)  # type: ignore[return-value]
         entry = self.entries.get(model_id)
         if entry is None:
             known = sorted({*self.entries, *self.catalogue.aliases, *self._loaded_anywhere()})
@@ -91,6 +94,24 @@ class Lifecycle:
                 param="model",
             )
         return await self.ensure_loaded(entry)
+
+    async def _first_polls(self) -> None:
+        """Right after start, wait (briefly) until every neuron has answered a poll or failed enough
+        to count as down, so the first requests see the fleet as it is, not as empty."""
+        limit = self.settings.poller.unhealthy_after
+
+        def unknown() -> bool:
+            return any(n.last_poll is None and n.failures < limit for n in self.fleet.nodes.values())
+
+        deadline = (
+            time.monotonic() + (self.settings.poller.interval_s + self.settings.poller.timeout_s) * limit
+        )
+        while unknown() and time.monotonic() < deadline:
+            self.fleet.changed.clear()
+            try:
+                await asyncio.wait_for(self.fleet.changed.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
 
     def _loaded_anywhere(self) -> set[str]:
         return {m for node in self.fleet.healthy() for m, r in node.replicas.items() if r.status == "loaded"}

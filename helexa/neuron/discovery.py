@@ -135,9 +135,10 @@ class Hardware:
                 )
                 for i, d in enumerate(self.settings.simulated_devices)
             ]
-        gpus = self._nvidia_smi() or self._torch_cuda(harnesses)
-        if gpus:
-            return gpus
+        if self.settings.neuron.use_gpus:
+            gpus = self._nvidia_smi() or self._torch_cuda(harnesses)
+            if gpus:
+                return gpus
         memory = self.settings.neuron.memory_mb or int(memory_total_mb() * 0.8)
         return [DeviceInfo(index=0, name=f"cpu ({os.cpu_count()} cores)", vram_total_mb=memory, kind="cpu")]
 

@@ -297,7 +297,5 @@ async def off_loop(fn: Callable[..., T], *args: Any) -> T:
 
 
 def _with_progress(weights, progress: LoadProgress):
-    for count, item in enumerate(weights, 1):
-        if count % 64 == 0:
-            progress(f"loading weights ({count} tensors)", None)
-        yield item
+    progress("loading weights", 0.85)
+    yield from weights

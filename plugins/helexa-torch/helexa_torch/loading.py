@@ -8,8 +8,10 @@ allows downloads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +154,30 @@ def _open_safetensors(folder: Path, shards: list[Path]) -> Checkpoint:
     )
 
 
+_TQDM_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _reported(progress: Callable[[str, float | None], None], stage: str) -> Iterator[None]:
+    """Route transformers' GGUF progress bar into helexa's progress (and keep its tqdm off the console)."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    def counted(items, **_: Any):
+        items = list(items)
+        for i, item in enumerate(items):
+            if i % 16 == 0:
+                progress(stage, 0.1 + 0.7 * i / max(1, len(items)))
+            yield item
+
+    with _TQDM_LOCK:
+        original = gguf_utils.tqdm
+        gguf_utils.tqdm = counted
+        try:
+            yield
+        finally:
+            gguf_utils.tqdm = original
+
+
 def _open_gguf(file: Path) -> Checkpoint:
     from transformers import AutoConfig, AutoTokenizer
 
@@ -167,7 +193,8 @@ def _open_gguf(file: Path) -> Checkpoint:
         progress(f"dequantizing {name}", 0.1)
         with torch.device("meta"):  # only for transformers' tensor-name mapping; no memory
             reference = AutoModelForCausalLM.from_config(config)
-        tensors = load_gguf_checkpoint(str(file), return_tensors=True, model_to_load=reference)["tensors"]
+        with _reported(progress, f"dequantizing {name}"):
+            tensors = load_gguf_checkpoint(str(file), return_tensors=True, model_to_load=reference)["tensors"]
         progress("copying weights", 0.8)
         yield from tensors.items()
 
