@@ -163,3 +163,27 @@ async def _wait_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def error_response(request: Any, exc: Exception) -> Any:
+    """litestar exception handler: every error in the protocol's envelope (Anthropic under /v1/messages)."""
+    import logging
+
+    from litestar import Response
+
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, ApiError):
+        error = exc
+    elif isinstance(status, int):  # litestar's HTTPException and friends
+        detail = str(getattr(exc, "detail", "")) or "error"
+        if status == 404:
+            detail = f"no route {request.method} {request.url.path}"
+        elif status == 405:
+            detail = f"{request.url.path} does not take {request.method}"
+        error = ApiError(status, detail)
+    else:
+        logging.getLogger("helexa").exception("unexpected error on %s", request.url.path)
+        error = ApiError(500, f"internal error: {type(exc).__name__}: {exc}")
+    anthropic = request.url.path.startswith("/v1/messages")
+    body = error.anthropic_body() if anthropic else error.openai_body()
+    return Response(body, status_code=error.status, headers=error.headers())

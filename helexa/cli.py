@@ -23,6 +23,7 @@ from helexa import __version__
 # role -> "module:function"; the function takes (config: Path | None, overrides: dict).
 ROLES: dict[str, str] = {
     "gateway": "helexa.gateway.app:run",
+    "bench": "helexa.bench.app:run",
     "neuron": "helexa.neuron.app:run",
     "standalone": "helexa.standalone:run",
 }
@@ -202,6 +203,59 @@ def status(url: str, key: str | None, as_json: bool) -> None:
     from helexa.fleet_table import render
 
     render(fleet)
+
+
+@cli.group()
+def bench() -> None:
+    """The benchmark: one sweep now, or a report of what was measured."""
+
+
+@bench.command("once")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="bench.toml")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+def bench_once(config_path: Path | None, settings: tuple[str, ...]) -> None:
+    """Measure every target once (what each build still needs), then exit."""
+    from helexa.bench.app import once
+
+    sys.exit(once(config_path, parse_overrides(settings)))
+
+
+@bench.command("report")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="bench.toml")
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), help="The database (default: from config)."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "md", "json", "html"]), default="table", show_default=True
+)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
+def bench_report(config_path: Path | None, db: Path | None, fmt: str, output: Path | None) -> None:
+    """Medians per target, model and scenario on the latest build, and the change since the previous."""
+    from helexa.bench import report
+    from helexa.bench.store import Store
+    from helexa.config import load
+    from helexa.settings import BenchSettings
+
+    path = db or Path(load(BenchSettings, config_path).bench.db_path)
+    if not path.exists():
+        click.echo(f"error: no benchmark database at {path}", err=True)
+        sys.exit(1)
+    store = Store(path)
+    items = report.summary(store)
+    if fmt == "table" and output is None:
+        from rich.console import Console
+
+        Console().print(report.rich_table(items))
+        return
+    text = {"md": report.markdown, "json": lambda i: json.dumps(i, indent=2) + "\n"}.get(fmt)
+    rendered = (
+        text(items) if text else (report.html_report(store) if fmt == "html" else report.markdown(items))
+    )
+    if output:
+        output.write_text(rendered)
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(rendered, nl=False)
 
 
 def main() -> None:

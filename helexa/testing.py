@@ -7,13 +7,14 @@ leaving the block stops it and runs its shutdown, exactly as a real process woul
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+
+import uvloop
 
 from helexa.runner import Listener, make_server
 
@@ -40,7 +41,7 @@ def serve_app(app: Any, drain_s: float = 1.0, lifespan: str = "on") -> Iterator[
 
     def main() -> None:
         try:
-            asyncio.run(server.serve(sockets=[sock]))
+            uvloop.run(server.serve(sockets=[sock]))  # the loop production uses
         except BaseException as exc:  # reported to the test below
             failure.append(exc)
 

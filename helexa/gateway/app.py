@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from litestar import Litestar, Request, Response
-from litestar.exceptions import HTTPException
+from litestar import Litestar
 
 from helexa import config
-from helexa.errors import ApiError
+from helexa.asgi import error_response
 from helexa.gateway.anthropic import ANTHROPIC_ROUTES
 from helexa.gateway.auth import Keys
 from helexa.gateway.fleet import FleetState, Lease
@@ -71,21 +70,6 @@ class Gateway:
         await self.poller.stop()
         for client in self.clients.values():
             await client.close()
-
-
-def error_response(request: Request, exc: Exception) -> Response[Any]:
-    if isinstance(exc, ApiError):
-        error = exc
-    elif isinstance(exc, HTTPException):
-        detail = str(exc.detail)
-        if exc.status_code == 404:
-            detail = f"no route {request.method} {request.url.path}"
-        error = ApiError(exc.status_code, detail)
-    else:
-        log.exception("unexpected error on %s", request.url.path)
-        error = ApiError(500, f"internal error: {type(exc).__name__}: {exc}")
-    body = error.anthropic_body() if request.url.path.startswith("/v1/messages") else error.openai_body()
-    return Response(body, status_code=error.status, headers=error.headers())
 
 
 def create_app(gateway: Gateway) -> Litestar:

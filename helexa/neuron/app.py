@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar, Request, Response
-from litestar.exceptions import HTTPException
+from litestar import Litestar, Request
 
 from helexa import config
+from helexa.asgi import error_response
 from helexa.errors import ApiError
 from helexa.neuron.discovery import Hardware
 from helexa.neuron.harness import Harness, HarnessContext
@@ -118,23 +118,6 @@ class Neuron:
             except Exception as exc:
                 log.error("harness %s did not close cleanly: %s", harness.name, exc)
         log.info("neuron stopped")
-
-
-def error_response(request: Request, exc: Exception) -> Response[Any]:
-    """Every error of the control API in OpenAI's envelope."""
-    if isinstance(exc, ApiError):
-        error = exc
-    elif isinstance(exc, HTTPException):
-        detail = str(exc.detail)
-        if exc.status_code == 404 and detail == "Not Found":
-            detail = f"no route {request.method} {request.url.path}"
-        elif exc.status_code == 405:
-            detail = f"{request.url.path} does not take {request.method}"
-        error = ApiError(exc.status_code, detail)
-    else:
-        log.exception("unexpected error on %s", request.url.path)
-        error = ApiError(500, f"internal error: {type(exc).__name__}: {exc}")
-    return Response(error.openai_body(), status_code=error.status, headers=error.headers())
 
 
 def create_app(neuron: Neuron) -> Litestar:

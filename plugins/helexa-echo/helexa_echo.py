@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -147,8 +148,11 @@ class EchoHarness:
             count, finish = sampling.max_tokens, "length"
         else:
             count, finish = natural, "stop"
+        started = time.monotonic()
         for i in range(count):
-            await asyncio.sleep(delay)  # also the point where a closed stream stops
+            # Paced against the clock, not by sleeping a fixed delay: event-loop timers fire a little
+            # early or late, and over a stream that adds up to a wrong rate.
+            await asyncio.sleep(max(0.0, started + (i + 1) * delay - time.monotonic()) if delay else 0)
             piece = pieces[i % len(pieces)]
             last = i == count - 1
             yield Delta(
