@@ -23,6 +23,7 @@ from helexa import __version__
 # role -> "module:function"; the function takes (config: Path | None, overrides: dict).
 ROLES: dict[str, str] = {
     "gateway": "helexa.gateway.app:run",
+    "acp": "helexa.acp.app:run",
     "bench": "helexa.bench.app:run",
     "neuron": "helexa.neuron.app:run",
     "standalone": "helexa.standalone:run",
