@@ -38,6 +38,8 @@ class StopMatcher:
         """Text safe to emit now. After a match, `matched` is set and the rest is dropped."""
         if not self.stops:
             return text
+        if self.matched is not None:
+            return ""
         buffer = self.held + text
         hits = [(buffer.find(s), s) for s in self.stops if s in buffer]
         if hits:
