@@ -9,7 +9,7 @@ PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml
 # torch is pinned through constraints.txt, never in package metadata.
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format rpm clean
 
 install: $(STAMP)
 
@@ -29,6 +29,9 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest
+
+rpm: install
+	bash rpm/check.sh
 
 lint: install
 	$(BIN)/ruff check .

@@ -16,7 +16,7 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         self.device = device
-        shape = (num_blocks, block_size, model.num_kv_heads, model.head_dim)
+        shape = (model.num_kv_heads, num_blocks, block_size, model.head_dim)
         self.caches = [
             KVCache(
                 torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
@@ -53,7 +53,7 @@ class ModelRunner:
             ctx.decode_lens = lens
             visible = torch.arange(widest * self.block_size, device=self.device)[None, :] < lens[:, None]
             mask = torch.zeros(visible.shape, dtype=torch.float32, device=self.device)
-            ctx.decode_mask = mask.masked_fill_(~visible, float("-inf"))[:, None, None, :]
+            ctx.decode_mask = mask.masked_fill_(~visible, float("-inf"))
         for seq, chunk in plan.prefill:
             start, end = seq.num_computed, seq.num_computed + chunk
             segment = PrefillSegment(

@@ -39,7 +39,7 @@ class StepContext:
     decode_blocks: torch.Tensor | None = None
     """[sequences, max_blocks] block tables of the decoding sequences."""
     decode_mask: torch.Tensor | None = None
-    """[sequences, 1, 1, max_blocks * block_size] additive mask hiding slots past each sequence's end."""
+    """[sequences, max_blocks * block_size] additive mask hiding slots past each sequence's end."""
     decode_lens: torch.Tensor | None = None
     """[sequences] tokens in each decoding sequence's context, this step's token included."""
     prefills: list[PrefillSegment] = field(default_factory=list)
@@ -47,7 +47,7 @@ class StepContext:
 
 @dataclass
 class KVCache:
-    """One layer's paged cache: [blocks, block_size, kv_heads, head_dim] for keys and for values."""
+    """One layer's paged cache: [kv_heads, blocks, block_size, head_dim] for keys and for values."""
 
     k: torch.Tensor
     v: torch.Tensor
@@ -149,8 +149,8 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(positions, q, k)
-        cache.k.view(-1, self.kv_heads, self.head_dim).index_copy_(0, ctx.slot_mapping, k)
-        cache.v.view(-1, self.kv_heads, self.head_dim).index_copy_(0, ctx.slot_mapping, v)
+        cache.k.view(self.kv_heads, -1, self.head_dim).index_copy_(1, ctx.slot_mapping, k.transpose(0, 1))
+        cache.v.view(self.kv_heads, -1, self.head_dim).index_copy_(1, ctx.slot_mapping, v.transpose(0, 1))
         out = torch.empty_like(q)
         if ctx.num_decode:
             out[: ctx.num_decode] = self._decode(q[: ctx.num_decode], ctx, cache)
@@ -160,28 +160,32 @@ class Attention(nn.Module):
         return self.o_proj(out.view(n, -1))
 
     def _decode(self, q: torch.Tensor, ctx: StepContext, cache: KVCache) -> torch.Tensor:
+        # Head-major cache: gathering the blocks gives [kv_heads, batch, slots, head_dim], already laid out
+        # for batched matmuls, so the only copy is the gather itself. Query heads of a group share a kv head.
         b = q.shape[0]
         group = self.heads // self.kv_heads
-        keys = cache.k[ctx.decode_blocks].view(b, -1, self.kv_heads, self.head_dim)
-        values = cache.v[ctx.decode_blocks].view(b, -1, self.kv_heads, self.head_dim)
-        q = q.view(b, self.kv_heads, group, self.head_dim)
-        scores = torch.einsum("bhgd,bshd->bhgs", q.float(), keys.float()) * self.scale
-        scores = scores + ctx.decode_mask
-        if self.sliding_window is not None and keys.shape[1] > self.sliding_window:
-            slots = torch.arange(keys.shape[1], device=q.device)
+        keys = cache.k[:, ctx.decode_blocks].view(self.kv_heads, b, -1, self.head_dim)
+        values = cache.v[:, ctx.decode_blocks].view(self.kv_heads, b, -1, self.head_dim)
+        q = q.view(b, self.kv_heads, group, self.head_dim).transpose(0, 1)
+        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * self.scale
+        scores = scores + ctx.decode_mask.view(1, b, 1, -1)
+        if self.sliding_window is not None and keys.shape[2] > self.sliding_window:
+            slots = torch.arange(keys.shape[2], device=q.device)
             old = slots[None, :] < (ctx.decode_lens[:, None] - self.sliding_window)
-            scores = scores.masked_fill(old[:, None, None, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        out = torch.einsum("bhgs,bshd->bhgd", probs, values.float())
-        return out.reshape(b, self.heads, self.head_dim).to(q.dtype)
+            scores = scores.masked_fill(old[None, :, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(values.dtype)
+        out = torch.matmul(probs, values)  # [kv_heads, batch, group, head_dim]
+        return out.transpose(0, 1).reshape(b, self.heads, self.head_dim)
 
     def _prefill(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment: PrefillSegment, cache: KVCache
     ) -> torch.Tensor:
         total = segment.cached + segment.length
-        if segment.cached:
-            k = cache.k[segment.block_table].view(-1, self.kv_heads, self.head_dim)[:total]
-            v = cache.v[segment.block_table].view(-1, self.kv_heads, self.head_dim)[:total]
+        if segment.cached:  # the whole sequence so far, from the cache: [kv_heads, total, head_dim]
+            k = cache.k[:, segment.block_table].view(self.kv_heads, -1, self.head_dim)[:, :total]
+            v = cache.v[:, segment.block_table].view(self.kv_heads, -1, self.head_dim)[:, :total]
+        else:
+            k, v = k.transpose(0, 1), v.transpose(0, 1)
         mask = segment.mask
         if self.sliding_window is not None and total > self.sliding_window:
             query = torch.arange(segment.cached, total, device=q.device)[:, None]
@@ -189,8 +193,8 @@ class Attention(nn.Module):
             mask = (key <= query) & (key > query - self.sliding_window)
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1).unsqueeze(0),
-            k.transpose(0, 1).unsqueeze(0),
-            v.transpose(0, 1).unsqueeze(0),
+            k.unsqueeze(0),
+            v.unsqueeze(0),
             attn_mask=mask,
             is_causal=mask is None,
             scale=self.scale,
