@@ -75,7 +75,7 @@ expect helexa-neuron /usr/lib/systemd/system/helexa-neuron.service /usr/lib/sysu
 expect helexa-bench /usr/lib/systemd/system/helexa-bench.service /usr/lib/sysusers.d/helexa-bench.conf \
     /usr/lib/firewalld/services/helexa-bench.xml /etc/helexa/bench.toml
 rpm -qp --configfiles "${rpms[@]}" | grep -q /etc/helexa/neuron.toml
-rpm -qp --requires "$out/RPMS/noarch/helexa-neuron-$version"-*.rpm | grep -q 'python3dist(torch)'
+rpm -qp --requires "$out/RPMS/noarch/helexa-neuron-$version"-*.rpm | grep -Eq 'python3(\.[0-9]+)?dist\(torch\)'
 rpm -qp --scripts "$out/RPMS/noarch/helexa-$version"-*.rpm | grep -q 'helexa-gateway.service'
 
 say "5. systemd-analyze verify"
@@ -104,7 +104,9 @@ cut -d: -f1,6,7 "$sysroot/etc/passwd"
 say "7. dnf --installroot from a local repository"
 # What Fedora provides and this machine's repository cannot: a shell for the scriptlets (busybox)
 # and stand-ins for the Python libraries the packages require.
-provides=$(rpm -qp --requires "${rpms[@]}" | grep -v -e '^helexa' -e '^rpmlib(' -e '^/bin/sh' | sort -u)
+# Everything required that our own packages do not provide (exact versions kept; for a minimum, any).
+provides=$(rpm -qp --requires "${rpms[@]}" | grep -v -e '^helexa' -e '^rpmlib(' -e '^/bin/sh' -e '^config(' \
+    -e 'dist(helexa' | sed -E 's/ *(>=|<=) .*$//' | sort -u)
 cat > "$out/stubs/fedora-base.spec" <<SPEC
 Name: fedora-base-stub
 Version: 1
@@ -113,7 +115,7 @@ Summary: Stands in for what Fedora provides (a busybox /bin/sh and the Python li
 License: MIT
 BuildArch: noarch
 Provides: /bin/sh
-$(while read -r p; do [ -n "$p" ] && echo "Provides: $p"; done <<<"$provides")
+$(while read -r p; do case "$p" in /*|*" = "*) echo "Provides: $p";; ?*) echo "Provides: $p = 999";; esac; done <<<"$provides")
 %description
 Stub for checking helexa's packages offline.
 %install
@@ -122,20 +124,44 @@ install -Dm0755 /bin/busybox %{buildroot}/bin/sh
 /bin/sh
 SPEC
 rpmbuild -bb --nodeps --define "_topdir $out/stubs" --define "_build_id_links none" \
-    --define "__os_install_post %{nil}" "$out/stubs/fedora-base.spec" >/dev/null 2>&1
+    --define "__os_install_post %{nil}" --define "_binaries_in_noarch_packages_terminate_build 0" \
+    "$out/stubs/fedora-base.spec" >"$out/stubs/build.log" 2>&1 || { tail -20 "$out/stubs/build.log"; exit 1; }
 cp "${rpms[@]}" "$out"/stubs/RPMS/*/fedora-base-stub-*.rpm "$out/repo/"
 createrepo_c -q "$out/repo"
-mkdir -p "$out/root/etc/yum.repos.d"
+mkdir -p "$out/root/etc/yum.repos.d" "$out/root/dev"
+mknod -m 666 "$out/root/dev/null" c 1 3 2>/dev/null || true  # scriptlets redirect to /dev/null
 printf '[helexa-local]\nname=helexa local\nbaseurl=file://%s\ngpgcheck=0\n' "$out/repo" > "$out/root/etc/yum.repos.d/local.repo"
-dnf -y -q --installroot="$out/root" --releasever=41 --setopt=reposdir="$out/root/etc/yum.repos.d" \
-    --setopt=install_weak_deps=False install helexa helexa-neuron helexa-bench helexa-acp
+dnf_root() {
+    dnf -y --installroot="$out/root" --releasever=41 --setopt=reposdir="$out/root/etc/yum.repos.d" \
+        --setopt=install_weak_deps=False "$@"
+}
+dnf_root install helexa helexa-neuron helexa-bench helexa-acp
 ls "$out/root/etc/helexa"
 
 say "8. the installed helexa"
+# With the build Python (no editable helexa in it) and the root's site-packages first: what runs is
+# the installed copy, with the few libraries --version and config check need.
 installed=$out/root$site
-run() { PYTHONPATH="$installed" "$top/.venv/bin/python" "$out/root/usr/bin/helexa" "$@"; }
-PYTHONPATH="$installed" "$top/.venv/bin/python" -c \
-    "import helexa, sys; assert helexa.__file__.startswith('$installed'), helexa.__file__; print('helexa from', helexa.__file__)"
+run() { (cd / && PYTHONPATH="$installed" "$venv/bin/python3" "$out/root/usr/bin/helexa" "$@"); }
+(cd / && PYTHONPATH="$installed" "$venv/bin/python3" -c \
+    "import helexa; assert helexa.__file__.startswith('$installed'), helexa.__file__; print('helexa from', helexa.__file__)")
 run --version
 for config in "$out"/root/etc/helexa/*.toml; do run config check "$config"; done
+say "9. an upgrade keeps an edited config"
+echo '# edited by the operator' >> "$out/root/etc/helexa/gateway.toml"
+rpmbuild -bb --nodeps --load="$out/macros.shim" --define "_topdir $out/next" --define "_sourcedir $out/SOURCES" \
+    --define "helexa_commit $sha" --define "helexa_date $((day + 1))" rpm/helexa.spec >"$out/next.log" 2>&1 \
+    || { tail -20 "$out/next.log"; exit 1; }
+cp "$out"/next/RPMS/noarch/*.rpm "$out/repo/"
+createrepo_c -q --update "$out/repo"
+dnf_root --refresh upgrade helexa helexa-neuron helexa-bench helexa-acp
+rpm --root "$out/root" -q helexa | grep -q "$((day + 1))git"
+grep -q '# edited by the operator' "$out/root/etc/helexa/gateway.toml"
+run config check "$out/root/etc/helexa/gateway.toml"
+
+say "10. removal"
+dnf_root remove helexa-bench
+[ ! -e "$out/root/usr/lib/systemd/system/helexa-bench.service" ]
+echo "helexa-bench removed; $(rpm --root "$out/root" -qa 'helexa*' | wc -l) helexa packages remain"
+
 say "rpm checks passed: ${#rpms[@]} packages in $out/RPMS/noarch"
