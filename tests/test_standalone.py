@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(
     p
     for p in ROOT.rglob("*.toml")
-    if ".venv" not in p.parts and p.name != "pyproject.toml" and "tests" not in p.parts
+    if p.name != "pyproject.toml" and not {".venv", "build", "tests", ".git"} & set(p.relative_to(ROOT).parts)
 )
 
 
