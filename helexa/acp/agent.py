@@ -29,7 +29,7 @@ from acp import schema as s
 
 from helexa import __version__
 from helexa.acp.providers import Call, EndpointError, Finish, Provider, Text, Thought
-from helexa.acp.sessions import Session, SessionStore, compact, project_id
+from helexa.acp.sessions import Session, SessionStore, compact, project_id, text_of, user_content
 from helexa.acp.settings import AcpSettings, data_dir
 from helexa.acp.tools import KINDS, SPECS, WRITES, ToolFailure, Workspace
 
@@ -167,10 +167,10 @@ class HelexaAgent:
         }
         for message in session.messages:
             if message["role"] == "user":
-                await self.update(session.id, update_user_message_text(_text_of(message["content"])))
+                await self.update(session.id, update_user_message_text(text_of(message["content"])))
             elif message["role"] == "assistant":
                 if message.get("content"):
-                    await self.update(session.id, update_agent_message_text(_text_of(message["content"])))
+                    await self.update(session.id, update_agent_message_text(text_of(message["content"])))
                 for call in message.get("tool_calls") or []:
                     output = results.get(call["id"], "")
                     await self.update(
@@ -256,8 +256,8 @@ class HelexaAgent:
         await self.conn.session_update(session_id=session_id, update=update)
 
     async def turn(self, session: Session, prompt: list[Any]) -> s.PromptResponse:
-        session.messages.append({"role": "user", "content": _user_content(prompt)})
-        session.title = session.title or _text_of(session.messages[-1]["content"])[:60]
+        session.messages.append({"role": "user", "content": user_content(prompt)})
+        session.title = session.title or text_of(session.messages[-1]["content"])[:60]
         try:
             provider, model = self.resolve(session.model)
         except KeyError:
@@ -408,32 +408,3 @@ class HelexaAgent:
     async def close(self) -> None:
         for provider in self.providers.values():
             await provider.close()
-
-
-def _user_content(prompt: list[Any]) -> str | list[dict[str, Any]]:
-    parts: list[dict[str, Any]] = []
-    for block in prompt:
-        kind = getattr(block, "type", None)
-        if kind == "text":
-            parts.append({"type": "text", "text": block.text})
-        elif kind == "image":
-            parts.append(
-                {"type": "image_url", "image_url": {"url": f"data:{block.mime_type};base64,{block.data}"}}
-            )
-        elif kind == "resource" and hasattr(block.resource, "text"):
-            parts.append(
-                {"type": "text", "text": f'<file uri="{block.resource.uri}">\n{block.resource.text}\n</file>'}
-            )
-        elif kind == "resource_link":
-            parts.append({"type": "text", "text": f"(see {block.uri})"})
-    if all(p["type"] == "text" for p in parts):
-        return "\n".join(p["text"] for p in parts)
-    return parts
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "[image]") for p in content if isinstance(p, dict))
-    return ""

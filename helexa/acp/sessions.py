@@ -101,3 +101,34 @@ def compact(messages: list[dict[str, Any]], budget_tokens: int) -> tuple[list[di
             message["content"] = f"[elided to save context: {len(content)} characters]"
             changed += 1
     return out, changed
+
+
+def user_content(prompt: list[Any]) -> str | list[dict[str, Any]]:
+    """An editor's prompt blocks as a chat message's content (text, images, embedded files)."""
+    parts: list[dict[str, Any]] = []
+    for block in prompt:
+        kind = getattr(block, "type", None)
+        if kind == "text":
+            parts.append({"type": "text", "text": block.text})
+        elif kind == "image":
+            parts.append(
+                {"type": "image_url", "image_url": {"url": f"data:{block.mime_type};base64,{block.data}"}}
+            )
+        elif kind == "resource" and hasattr(block.resource, "text"):
+            parts.append(
+                {"type": "text", "text": f'<file uri="{block.resource.uri}">\n{block.resource.text}\n</file>'}
+            )
+        elif kind == "resource_link":
+            parts.append({"type": "text", "text": f"(see {block.uri})"})
+    if all(p["type"] == "text" for p in parts):
+        return "\n".join(p["text"] for p in parts)
+    return parts
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content, whatever its shape."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "[image]") for p in content if isinstance(p, dict))
+    return ""

@@ -57,9 +57,6 @@ class Lifecycle:
     def resolve(self, name: str) -> str:
         return self.catalogue.aliases.get(name, name)
 
-    def is_ready(self, model_id: str) -> bool:
-        return self.fleet.least_busy(model_id) is not None
-
     # --- routing -------------------------------------------------------------------
 
     async def route(self, model_id: str) -> Lease:
@@ -72,10 +69,11 @@ class Lifecycle:
             found = self.fleet.least_busy(model_id)
         return self.fleet.lease(*found)
 
-    async def _cold(self, model_id: str) -> tuple[Node, Replica]:
+    async def _cold(self, model_id: str) -> None:
+        """Make ``model_id`` loaded somewhere, or raise why it cannot be."""
         await self._first_polls()
         if self.fleet.least_busy(model_id) is not None:
-            return self.fleet.least_busy(model_id)  # type: ignore[return-value]
+            return
         entry = self.entries.get(model_id)
         if entry is None:
             known = sorted({*self.entries, *self.catalogue.aliases, *self._loaded_anywhere()})
@@ -93,7 +91,7 @@ class Lifecycle:
                 code="model_not_found",
                 param="model",
             )
-        return await self.ensure_loaded(entry)
+        await self.ensure_loaded(entry)
 
     async def _first_polls(self) -> None:
         """Right after start, wait (briefly) until every neuron has answered a poll or failed enough

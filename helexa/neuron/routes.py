@@ -26,6 +26,7 @@ from helexa.asgi import (
 )
 from helexa.buildinfo import build_info
 from helexa.errors import ApiError
+from helexa.neuron import completions as text_completions
 from helexa.neuron import serving
 from helexa.neuron.harness import ChatPrompt
 from helexa.wire import openai as oa
@@ -167,7 +168,7 @@ async def chat_completions(neuron: Any, scope: Scope, receive: Receive, send: Se
 @inference("/v1/completions")
 async def completions(neuron: Any, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
     request = decode(body, oa.CompletionRequest)
-    job = await serving.prepare_completion(neuron.manager, request)
+    job = await text_completions.prepare_completion(neuron.manager, request)
     await _answer(
         neuron,
         "completions",
@@ -175,8 +176,10 @@ async def completions(neuron: Any, scope: Scope, receive: Receive, send: Send, b
         send,
         job,
         request,
-        lambda g: serving.completion_stream(neuron.manager, job, g, request.echo, _include_usage(request)),
-        lambda g: serving.completion(neuron.manager, job, g, request.echo),
+        lambda g: text_completions.completion_stream(
+            neuron.manager, job, g, request.echo, _include_usage(request)
+        ),
+        lambda g: text_completions.completion(neuron.manager, job, g, request.echo),
     )
 
 

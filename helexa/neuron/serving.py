@@ -50,7 +50,7 @@ class Job:
     """Split reasoning from content (chat); completions return the raw text."""
 
 
-def _unsupported(request: oa.SamplingFields) -> None:
+def refuse_unsupported(request: oa.SamplingFields) -> None:
     if request.n != 1:
         raise ApiError(400, f"n={request.n} is not supported; send {request.n} requests instead", param="n")
     if request.logprobs:
@@ -117,7 +117,7 @@ def _stops(stop: str | list[str] | None) -> list[str]:
 
 async def prepare_chat(manager: ModelManager, request: oa.ChatCompletionRequest) -> Job:
     started = time.monotonic()
-    _unsupported(request)
+    refuse_unsupported(request)
     if request.response_format and request.response_format.get("type") not in (None, "text"):
         raise ApiError(400, "response_format other than text is not supported yet", param="response_format")
     if not request.messages:
@@ -142,34 +142,10 @@ async def prepare_chat(manager: ModelManager, request: oa.ChatCompletionRequest)
         template_kwargs=request.chat_template_kwargs or {},
     )
     prompt = await manager.harness_of(entry).tokenize(request.model, chat)
-    return _job(manager, entry, request, prompt, tools if request.tool_choice != "none" else None, started)
+    return job_for(manager, entry, request, prompt, tools if request.tool_choice != "none" else None, started)
 
 
-async def prepare_completion(manager: ModelManager, request: oa.CompletionRequest) -> Job:
-    started = time.monotonic()
-    _unsupported(request)
-    if request.suffix:
-        raise ApiError(400, "suffix is not supported", param="suffix")
-    entry = manager.get(request.model)
-    source = request.prompt
-    if isinstance(source, list) and source and all(isinstance(t, int) for t in source):
-        prompt = Prompt(text="", token_ids=list(source))  # type: ignore[arg-type]
-    else:
-        if isinstance(source, list):
-            if len(source) != 1 or not isinstance(source[0], str):
-                raise ApiError(
-                    400,
-                    "prompt lists with more than one prompt are not supported; send one request per prompt",
-                    param="prompt",
-                )
-            source = source[0]
-        prompt = await manager.harness_of(entry).tokenize(request.model, str(source))
-    job = _job(manager, entry, request, prompt, None, started)
-    job.reasoning = False
-    return job
-
-
-def _job(
+def job_for(
     manager: ModelManager,
     entry: ModelEntry,
     request: oa.SamplingFields,
@@ -252,7 +228,7 @@ async def events(manager: ModelManager, job: Job, generation: Generation) -> Asy
     yield Finish(reason, usage, stops.matched)
 
 
-def _id(prefix: str) -> str:
+def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
@@ -284,7 +260,7 @@ async def chat_completion(manager: ModelManager, job: Job, generation: Generatio
     if calls:
         message["tool_calls"] = calls
     return {
-        "id": _id("chatcmpl"),
+        "id": new_id("chatcmpl"),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": job.model,
@@ -306,7 +282,7 @@ class ChunkWriter:
 
     def __init__(self, model: str) -> None:
         self.head = {
-            "id": _id("chatcmpl"),
+            "id": new_id("chatcmpl"),
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": model,
@@ -372,61 +348,4 @@ async def chat_stream(
     except ApiError as error:
         yield error_frame(error)
     except Exception as exc:  # the stream is already open: end it in-protocol, never a silent cut
-        yield error_frame(ApiError(500, f"generation failed: {type(exc).__name__}: {exc}"))
-
-
-async def completion(manager: ModelManager, job: Job, generation: Generation, echo: bool) -> dict[str, Any]:
-    parts = [job.prompt.text] if echo else []
-    finish: Finish | None = None
-    async for event in events(manager, job, generation):
-        if isinstance(event, Finish):
-            finish = event
-        else:
-            parts.append(event.text)
-    assert finish is not None
-    return {
-        "id": _id("cmpl"),
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": job.model,
-        "choices": [
-            {
-                "index": 0,
-                "text": "".join(parts),
-                "finish_reason": finish.reason,
-                "logprobs": None,
-                "stop_reason": finish.stop_sequence,
-            }
-        ],
-        "usage": msgspec.to_builtins(finish.usage),
-    }
-
-
-async def completion_stream(
-    manager: ModelManager, job: Job, generation: Generation, echo: bool, include_usage: bool
-) -> AsyncIterator[bytes]:
-    head = {"id": _id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": job.model}
-
-    def frame(text: str, finish: str | None = None) -> bytes:
-        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-        return b"data: " + msgspec.json.encode({**head, "choices": [choice]}) + b"\n\n"
-
-    try:
-        if echo and job.prompt.text:
-            yield frame(job.prompt.text)
-        async for event in events(manager, job, generation):
-            if isinstance(event, Finish):
-                yield frame("", event.reason)
-                if include_usage:
-                    yield (
-                        b"data: "
-                        + msgspec.json.encode({**head, "choices": [], "usage": event.usage})
-                        + b"\n\n"
-                    )
-            elif event.text:
-                yield frame(event.text)
-        yield DONE
-    except ApiError as error:
-        yield error_frame(error)
-    except Exception as exc:
         yield error_frame(ApiError(500, f"generation failed: {type(exc).__name__}: {exc}"))

@@ -1,18 +1,14 @@
-"""OpenAI chat completions, completions and models, as they cross HTTP."""
+"""OpenAI chat completions, completions, tokenize and models requests (and the parts of answers
+that are typed; answers themselves are built as plain JSON by the neuron's serving layer)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import UNSET, Meta, UnsetType
+from msgspec import Meta
 
 # --- requests ----------------------------------------------------------------
-
-
-class ImageUrl(msgspec.Struct, kw_only=True):
-    url: str
-    detail: str | None = None
 
 
 class ContentPart(msgspec.Struct, kw_only=True):
@@ -20,7 +16,7 @@ class ContentPart(msgspec.Struct, kw_only=True):
 
     type: str
     text: str | None = None
-    image_url: ImageUrl | str | None = None
+    image_url: dict[str, Any] | str | None = None
 
 
 class FunctionCall(msgspec.Struct, kw_only=True):
@@ -136,81 +132,6 @@ class Usage(msgspec.Struct, kw_only=True):
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails | None = None
-
-
-class ToolCallOut(msgspec.Struct, kw_only=True):
-    id: str
-    function: FunctionCall
-    type: str = "function"
-
-
-class AssistantMessage(msgspec.Struct, kw_only=True):
-    role: str = "assistant"
-    content: str | None = None
-    reasoning_content: str | UnsetType = UNSET
-    tool_calls: list[ToolCallOut] | UnsetType = UNSET
-
-
-class ChatChoice(msgspec.Struct, kw_only=True):
-    index: int
-    message: AssistantMessage
-    finish_reason: str | None
-    logprobs: None = None
-
-
-class ChatCompletion(msgspec.Struct, kw_only=True):
-    id: str
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-    object: str = "chat.completion"
-
-
-class ToolCallDelta(msgspec.Struct, kw_only=True):
-    index: int
-    id: str | UnsetType = UNSET
-    type: str | UnsetType = UNSET
-    function: dict[str, str] | UnsetType = UNSET
-
-
-class ChunkDelta(msgspec.Struct, kw_only=True, omit_defaults=True):
-    role: str | UnsetType = UNSET
-    content: str | UnsetType = UNSET
-    reasoning_content: str | UnsetType = UNSET
-    tool_calls: list[ToolCallDelta] | UnsetType = UNSET
-
-
-class ChunkChoice(msgspec.Struct, kw_only=True):
-    index: int
-    delta: ChunkDelta
-    finish_reason: str | None = None
-    logprobs: None = None
-
-
-class ChatCompletionChunk(msgspec.Struct, kw_only=True):
-    id: str
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: Usage | None = None
-    object: str = "chat.completion.chunk"
-
-
-class CompletionChoice(msgspec.Struct, kw_only=True):
-    index: int
-    text: str
-    finish_reason: str | None = None
-    logprobs: None = None
-
-
-class Completion(msgspec.Struct, kw_only=True):
-    id: str
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-    object: str = "text_completion"
 
 
 class ModelCard(msgspec.Struct, kw_only=True):
