@@ -23,14 +23,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def helexa_process(
-    role: str, config: Path, health_url: str, env: dict[str, str] | None = None, timeout: float = 120
+def serving(
+    command: list[str], health_url: str, env: dict[str, str] | None = None, timeout: float = 120, **popen
 ) -> Iterator[subprocess.Popen]:
-    """Start ``helexa --role ROLE --config CONFIG`` and wait until ``health_url`` answers 200."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "helexa", "--role", role, "--config", str(config), "--log-level", "warning"],
-        env={**os.environ, **(env or {})},
-    )
+    """Start ``command`` and wait until ``health_url`` answers 200; stop it on the way out."""
+    process = subprocess.Popen(command, env=env, **popen)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -38,7 +35,7 @@ def helexa_process(
                 if httpx.get(health_url, timeout=2).status_code == 200:
                     break
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"helexa --role {role} did not start")
+                raise RuntimeError(f"{Path(command[0]).name} {' '.join(command[1:3])} did not start")
             time.sleep(0.1)
         yield process
     finally:
@@ -47,6 +44,24 @@ def helexa_process(
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def helexa_process(
+    role: str, config: Path, health_url: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> contextlib.AbstractContextManager[subprocess.Popen]:
+    """Start ``helexa --role ROLE --config CONFIG`` and wait until ``health_url`` answers 200."""
+    command = [
+        sys.executable,
+        "-m",
+        "helexa",
+        "--role",
+        role,
+        "--config",
+        str(config),
+        "--log-level",
+        "warning",
+    ]
+    return serving(command, health_url, {**os.environ, **(env or {})}, timeout)
 
 
 def percentile(values: list[float], q: float) -> float:

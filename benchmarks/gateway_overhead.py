@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import cpu_seconds, helexa_process, median, percentile
+from _common import cpu_seconds, helexa_process, median, percentile, serving
 from _http import Connection
 from litellm_peer import VERSION as LITELLM_VERSION
 from litellm_peer import litellm_proxy
@@ -133,23 +132,11 @@ def cpu_per(pid: int, run) -> tuple[float, object]:
 
 
 @contextlib.contextmanager
-def mock_neuron():
+def mock_neuron() -> Iterator[int]:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "mock_neuron.py"), "--port", str(port)]
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/models").status_code == 200:
-                    break
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        yield port, process
-    finally:
-        process.terminate()
-        process.wait()
+    command = [sys.executable, str(Path(__file__).parent / "mock_neuron.py"), "--port", str(port)]
+    with serving(command, f"http://127.0.0.1:{port}/models"):
+        yield port
 
 
 @dataclass
@@ -182,7 +169,7 @@ def helexa_gateway(upstream: int) -> Iterator[Gateway]:
 
 def measure(args) -> dict:
     """Every figure for each gateway, phase by phase, each phase interleaving direct and the gateways."""
-    with mock_neuron() as (upstream, _), contextlib.ExitStack() as stack:
+    with mock_neuron() as upstream, contextlib.ExitStack() as stack:
         gateways = [stack.enter_context(helexa_gateway(upstream))]
         if args.litellm:
             port, pid, headers = stack.enter_context(litellm_proxy(upstream, MODEL))

@@ -18,12 +18,11 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+from _common import serving
 
 from helexa.testing import free_port
 
@@ -106,26 +105,14 @@ def litellm_proxy(upstream_port: int, model: str) -> Iterator[tuple[int, int, di
             f"general_settings:\n  master_key: {key}\n"
         )
         env = {"PATH": f"{venv}/bin:/usr/bin:/bin", "HOME": folder, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-        command = [str(venv / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1"]
-        process = subprocess.Popen(
-            [*command, "--port", str(port), "--num_workers", "1"],
-            env=env,
+        command = [str(venv / "bin" / "litellm"), "--config", str(config), "--num_workers", "1"]
+        command += ["--host", "127.0.0.1", "--port", str(port)]
+        with serving(
+            command,
+            f"http://127.0.0.1:{port}/health/liveliness",
+            env,
+            timeout=180,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=2).status_code == 200:
-                        break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("LiteLLM's proxy did not start")
-                time.sleep(0.2)
+        ) as process:
             yield port, process.pid, {"authorization": f"Bearer {key}"}
-        finally:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
