@@ -101,6 +101,10 @@ class LoadedModel(msgspec.Struct, kw_only=True):
     """Sampling defaults from the model's generation config (temperature, top_p, ...)."""
     think_markers: tuple[str, str] | None = None
     """Open/close strings of the model's reasoning blocks, when it has them."""
+    architecture: str | None = None
+    """The model's architecture (``LlamaForCausalLM``), where the harness knows it."""
+    runtime: str | None = None
+    """How the harness runs it: ``native`` or ``fallback`` (the torch harness's transformers fallback)."""
 
 
 class ChatPrompt(msgspec.Struct, kw_only=True):

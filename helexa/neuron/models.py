@@ -59,6 +59,8 @@ class ModelEntry:
             last_used=self.last_used,
             load_stage=self.stage if self.status == "loading" else None,
             load_progress=self.fraction if self.status == "loading" else None,
+            architecture=loaded.architecture if loaded else None,
+            runtime=loaded.runtime if loaded else None,
         )
 
 

@@ -97,6 +97,9 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     last_used: float | None = None
     load_stage: str | None = None
     load_progress: float | None = None
+    architecture: str | None = None
+    runtime: str | None = None
+    """``native``, or ``fallback`` when the harness runs the architecture through transformers."""
 
 
 class LoadResponse(msgspec.Struct, kw_only=True):

@@ -77,7 +77,8 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     repetition_penalty: Annotated[float, Meta(gt=0, le=10)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | None = None
+    """A signed 64-bit value (a torch generator takes it; larger ones are refused, not wrapped)."""
     stop: str | list[str] | None = None
     n: Annotated[int, Meta(ge=1)] = 1
     ignore_eos: bool = False

@@ -26,21 +26,13 @@ from helexa.wire.fleet import ModelSpec
 from helexa_torch.engine.engine import Engine, deliver_each
 from helexa_torch.engine.sequence import Sequence
 from helexa_torch.loading import Checkpoint, locate, open_checkpoint
-from helexa_torch.models.layers import CausalLM, kv_bytes_per_token
+from helexa_torch.models.causal_lm import CausalLM, kv_bytes_per_token
+from helexa_torch.plugin import FALLBACK
+from helexa_torch.sizing import MB, available_cores, kv_budget, resident_mb, resolve_dtype
 from helexa_torch.text import Detokenizer, encode_text, render_chat
 
 log = logging.getLogger("helexa.torch")
 T = TypeVar("T")
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-MB = 1024 * 1024
 
 
 @dataclass
@@ -48,14 +40,9 @@ class Served:
     engine: Engine
     tokenizer: Any
     loaded: LoadedModel
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise ApiError(400, f"dtype {name!r} is not one of auto, {', '.join(DTYPES)}", param="options.dtype")
-    return DTYPES[name]
+    vocab_size: int
+    threads: int | None
+    """CPU threads the operator fixed for this model, or None for a fair share."""
 
 
 class TorchHarness:
@@ -66,24 +53,29 @@ class TorchHarness:
         self.models: dict[str, Served] = {}
 
     def _architecture(self, config: Any) -> type[CausalLM]:
+        """The native architecture for a config, else the transformers fallback, else a 422 naming both."""
         registry = self.context.plugins.architectures if self.context.plugins else None
-        name = (getattr(config, "architectures", None) or [""])[0]
-        if not name:  # GGUF configs name the model type only
-            name = {
-                "llama": "LlamaForCausalLM",
-                "mistral": "MistralForCausalLM",
-                "qwen2": "Qwen2ForCausalLM",
-                "qwen3": "Qwen3ForCausalLM",
-            }.get(getattr(config, "model_type", ""), "")
-        if registry is None or name not in registry.entries:
-            installed = ", ".join(registry.names()) if registry else "none"
-            raise ApiError(
-                422,
-                f"architecture {name or getattr(config, 'model_type', '?')!r} is not supported "
-                f"(installed architectures: {installed})",
-                code="unsupported_architecture",
-            )
-        return registry.get(name)()
+        # A config that lists no architecture (a GGUF file's) is known by its model type.
+        names = getattr(config, "architectures", None) or [getattr(config, "model_type", "")]
+        for name in names:
+            if registry is not None and name in registry.entries:
+                return registry.get(name)()
+        if registry is not None and FALLBACK in registry.entries:
+            fallback = registry.get(FALLBACK)()
+            reason = fallback.unsupported(config)
+            if reason is None:
+                return fallback
+        else:
+            reason = "the transformers fallback is not installed"
+        native = ", ".join(
+            n for n in (registry.names() if registry else []) if n.endswith("ForCausalLM") and n != FALLBACK
+        )
+        raise ApiError(
+            422,
+            f"architecture {names[0] or '?'!r} is not supported: no native architecture (native: "
+            f"{native or 'none'}) and the transformers fallback cannot serve it ({reason})",
+            code="unsupported_architecture",
+        )
 
     def _device(self, devices: list[int]) -> torch.device:
         if len(devices) != 1:
@@ -109,16 +101,29 @@ class TorchHarness:
         )
         progress("reading config and tokenizer", 0.05)
         checkpoint = await off_loop(open_checkpoint, path, spec.quant or options.get("quant"))
-        served = await off_loop(self._build, spec, checkpoint, options, device, devices[0], progress)
-        loop = asyncio.get_running_loop()
-        served.engine.deliver = lambda outputs: loop.call_soon_threadsafe(deliver_each, outputs)
+        # The build runs on a thread that a cancelled load cannot stop; shielded, so that
+        # whatever it started is still stopped and released when the load is abandoned.
+        build = asyncio.ensure_future(
+            off_loop(self._build, spec, checkpoint, options, device, devices[0], progress)
+        )
+        served: Served | None = None
         try:
+            served = await asyncio.shield(build)
+            loop = asyncio.get_running_loop()
+            served.engine.deliver = lambda outputs: loop.call_soon_threadsafe(deliver_each, outputs)
             await asyncio.wrap_future(served.engine.ready)
         except BaseException:
+            build.add_done_callback(self._abandon)
             self.context.ledger.release(spec.model_id)
             raise
         self.models[spec.model_id] = served
+        self._share_cores()
         return served.loaded
+
+    @staticmethod
+    def _abandon(build: asyncio.Future[Served]) -> None:
+        if not build.cancelled() and build.exception() is None:
+            build.result().engine.close()  # the engine thread ends once its model is built
 
     def _build(
         self,
@@ -134,13 +139,11 @@ class TorchHarness:
         context_len = int(getattr(config, "max_position_embeddings", 4096) or 4096)
         max_len = int(options.get("max_model_len") or min(context_len, 32768))
         cls = self._architecture(config)
-        with torch.device("meta"):
-            model = cls(config, device, max_len)
-        weight_bytes = (
-            sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=dtype).element_size()
-        )
+        with torch.device("meta"):  # shapes only: no memory until the weights stream in
+            model = cls(config, device, max_len).to(dtype)
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         per_token = kv_bytes_per_token(model, dtype)
-        kv_bytes = self._kv_budget(options, device, weight_bytes)
+        kv_bytes = kv_budget(options, device, weight_bytes)
         block_size = int(options.get("block_size", 16))
         num_blocks = kv_bytes // (per_token * block_size)
         if num_blocks * block_size < max_len:
@@ -155,11 +158,21 @@ class TorchHarness:
         self.context.ledger.reserve(spec.model_id, {index: need})
 
         def materialize() -> CausalLM:  # runs on the engine's thread
-            built = model.to_empty(device=device).to(dtype)
-            built.load_weights(_with_progress(checkpoint.weights(progress), progress))
+            before, _ = resident_mb()
+            built = model.materialize(device)
+            progress("loading weights", 0.1)
+            built.load_weights(checkpoint.weights(progress))
+            _, peak = resident_mb()
+            if device.type == "cpu" and peak > before:
+                progress(
+                    f"weights loaded: {weight_bytes // MB} MB, peak memory growth "
+                    f"{peak - before} MB ({(peak - before) * MB / max(weight_bytes, 1):.2f}x the weights)",
+                    0.9,
+                )
             progress("allocating the KV cache", 0.95)
             return built.eval()
 
+        threads = int(options["threads"]) if options.get("threads") else None
         try:
             engine = Engine(
                 spec.model_id,
@@ -174,7 +187,7 @@ class TorchHarness:
                 max_batched_tokens=int(
                     options.get("max_batched_tokens", 8192 if device.type == "cuda" else 512)
                 ),
-                threads=int(options["threads"]) if options.get("threads") else None,
+                threads=threads or self._fair_share(extra=1),
             )
         except BaseException:
             self.context.ledger.release(spec.model_id)
@@ -191,25 +204,30 @@ class TorchHarness:
             think_markers=detect_think_markers(vocabulary)
             if vocabulary and "<think>" in vocabulary
             else None,
+            architecture=getattr(model, "architecture_name", cls.__name__),
+            runtime="fallback" if cls.__name__ == FALLBACK else "native",
         )
         log.info(
-            "%s: %s on %s, %d MB weights, KV cache %d tokens (%d B/token)",
+            "%s: %s (%s) on %s, %d MB weights, KV cache %d tokens (%d B/token)",
             spec.model_id,
-            cls.__name__,
+            loaded.architecture,
+            loaded.runtime,
             device,
             weight_bytes // MB,
             num_blocks * block_size,
             per_token,
         )
-        return Served(engine, tokenizer, loaded)
+        return Served(engine, tokenizer, loaded, model.vocab_size, threads)
 
-    def _kv_budget(self, options: dict[str, Any], device: torch.device, weight_bytes: int) -> int:
-        if options.get("kv_cache_mb"):
-            return int(options["kv_cache_mb"]) * MB
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            return max(0, int(free * 0.9) - weight_bytes)
-        return 1024 * MB
+    def _fair_share(self, extra: int = 0) -> int:
+        """CPU threads per engine when the cores are split evenly between this neuron's models."""
+        return max(1, available_cores() // max(1, len(self.models) + extra))
+
+    def _share_cores(self) -> None:
+        share = self._fair_share()
+        for served in self.models.values():
+            if served.threads is None:
+                served.engine.threads = share
 
     async def unload(self, model_id: str) -> None:
         served = self.models.pop(model_id, None)
@@ -218,6 +236,7 @@ class TorchHarness:
             del served
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            self._share_cores()
         self.context.ledger.release(model_id)
 
     def _served(self, model_id: str) -> Served:
@@ -244,6 +263,14 @@ class TorchHarness:
         prompt = request.prompt.token_ids
         if not prompt:
             raise ApiError(400, "the prompt is empty", param="messages")
+        outside = [t for t in prompt if not 0 <= t < served.vocab_size]
+        if outside:  # checked here: in the engine it would fail the whole batch's step
+            raise ApiError(
+                400,
+                f"token id {outside[0]} is outside this model's vocabulary (0..{served.vocab_size - 1})",
+                param="prompt",
+                code="invalid_token_id",
+            )
         seq = Sequence(
             id=request.request_id or secrets.token_hex(8),
             token_ids=list(prompt),
@@ -294,8 +321,3 @@ async def off_loop(fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
 
     return await asyncio.to_thread(call)
-
-
-def _with_progress(weights, progress: LoadProgress):
-    progress("loading weights", 0.85)
-    yield from weights

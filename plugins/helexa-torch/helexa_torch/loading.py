@@ -1,17 +1,14 @@
 """Finding and reading a model: a local folder, a GGUF file, or a hub id in the local cache.
 
-Safetensors shards are memory-mapped and streamed into the model tensor by tensor;
-GGUF files are dequantized to the compute dtype, with tokenizer and chat template
-read from the GGUF itself. Offline first: the hub is only asked when the neuron
-allows downloads.
+Weights stream into the model tensor by tensor (see `weights`); a GGUF file also gives
+the config, tokenizer and chat template. Offline first: the hub is only asked when the
+neuron allows downloads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,13 +133,11 @@ def _open_safetensors(folder: Path, shards: list[Path]) -> Checkpoint:
         shards = [folder / n for n in names]
 
     def weights(progress: Callable[[str, float | None], None]) -> Iterator[tuple[str, Any]]:
-        from safetensors import safe_open
+        from helexa_torch.weights import read_safetensors
 
         for i, shard in enumerate(shards):
             progress(f"reading {shard.name}", i / len(shards))
-            with safe_open(str(shard), framework="pt") as handle:
-                for name in handle.keys():  # noqa: SIM118 - safe_open is not a dict
-                    yield name, handle.get_tensor(name)
+            yield from read_safetensors(shard)
 
     return Checkpoint(
         str(folder),
@@ -154,48 +149,25 @@ def _open_safetensors(folder: Path, shards: list[Path]) -> Checkpoint:
     )
 
 
-_TQDM_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _reported(progress: Callable[[str, float | None], None], stage: str) -> Iterator[None]:
-    """Route transformers' GGUF progress bar into helexa's progress (and keep its tqdm off the console)."""
-    import transformers.modeling_gguf_pytorch_utils as gguf_utils
-
-    def counted(items, **_: Any):
-        items = list(items)
-        for i, item in enumerate(items):
-            if i % 16 == 0:
-                progress(stage, 0.1 + 0.7 * i / max(1, len(items)))
-            yield item
-
-    with _TQDM_LOCK:
-        original = gguf_utils.tqdm
-        gguf_utils.tqdm = counted
-        try:
-            yield
-        finally:
-            gguf_utils.tqdm = original
-
-
 def _open_gguf(file: Path) -> Checkpoint:
+    from gguf import GGUFReader
     from transformers import AutoConfig, AutoTokenizer
 
+    from helexa_torch.weights import gguf_shortcuts
+
     folder, name = str(file.parent), file.name
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    reader = GGUFReader(file)
+    with gguf_shortcuts(reader):
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
 
     def weights(progress: Callable[[str, float | None], None]) -> Iterator[tuple[str, Any]]:
-        import torch
-        from transformers import AutoModelForCausalLM
-        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+        from helexa_torch.weights import read_gguf
 
-        progress(f"dequantizing {name}", 0.1)
-        with torch.device("meta"):  # only for transformers' tensor-name mapping; no memory
-            reference = AutoModelForCausalLM.from_config(config)
-        with _reported(progress, f"dequantizing {name}"):
-            tensors = load_gguf_checkpoint(str(file), return_tensors=True, model_to_load=reference)["tensors"]
-        progress("copying weights", 0.8)
-        yield from tensors.items()
+        total = len(reader.tensors)
+        for i, item in enumerate(read_gguf(reader, config)):
+            if i % 16 == 0:
+                progress(f"dequantizing {name}", min(1.0, i / total))
+            yield item
 
     return Checkpoint(str(file), config, tokenizer, _eos_ids(config, tokenizer, None), {}, weights)

@@ -1,6 +1,8 @@
 """helexa-torch's plugin entry module: registers the torch harness and its architectures.
 
 Nothing heavy is imported here; each factory imports what it builds when it is called.
+Each architecture is registered under its Hugging Face class name and under the model
+types a config names when it lists no architecture (a GGUF file's config).
 """
 
 from __future__ import annotations
@@ -23,12 +25,20 @@ def _architecture(module: str, name: str):
     return factory
 
 
+# Hugging Face architecture -> (module in helexa_torch.models, model types that mean it)
 ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "llama",
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
+    "LlamaForCausalLM": ("llama", ("llama",)),
+    "MistralForCausalLM": ("llama", ("mistral",)),
+    "Qwen2ForCausalLM": ("qwen2", ("qwen2",)),
+    "Qwen3ForCausalLM": ("qwen3", ("qwen3",)),
+    "Qwen3MoeForCausalLM": ("qwen3", ("qwen3_moe",)),
+    "MixtralForCausalLM": ("mixtral", ("mixtral",)),
+    "Gemma2ForCausalLM": ("gemma", ("gemma2",)),
+    "Gemma3ForCausalLM": ("gemma", ("gemma3_text",)),
+    "Phi3ForCausalLM": ("phi3", ("phi3",)),
 }
+FALLBACK = "TransformersForCausalLM"
+"""Serves any other causal LM that transformers can build, on our paged cache (see models/fallback.py)."""
 
 
 @hookimpl
@@ -38,5 +48,9 @@ def register_harnesses(register):
 
 @hookimpl
 def register_architectures(register):
-    for name, module in ARCHITECTURES.items():
-        register(name, _architecture(module, name))
+    for name, (module, model_types) in ARCHITECTURES.items():
+        factory = _architecture(module, name)
+        register(name, factory)
+        for model_type in model_types:
+            register(model_type, factory)
+    register(FALLBACK, _architecture("fallback", FALLBACK))

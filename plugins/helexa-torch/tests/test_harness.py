@@ -136,7 +136,8 @@ def test_unknown_architecture_is_refused_with_the_installed_list(tiny_neuron, tm
     assert response.status_code == 422
     message = response.json()["error"]["message"]
     assert "GPT2LMHeadModel" in message
-    assert "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM" in message
+    assert "LlamaForCausalLM" in message and "Qwen3MoeForCausalLM" in message  # the native ones
+    assert "fallback cannot serve it (model type 'llama' builds LlamaForCausalLM" in message
 
 
 def test_paths_outside_the_model_roots_are_refused(tiny_neuron, tmp_path):

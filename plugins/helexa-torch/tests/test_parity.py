@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny import CONFIGS, engine_for, generate, ours, reference, run
 
-from helexa_torch.models.layers import PrefillSegment, StepContext
+from helexa_torch.models.context import PrefillSegment, StepContext
 
 ARCHES = list(CONFIGS)
 

@@ -9,7 +9,6 @@ HTTP, tokenization and detokenization therefore never stall a step.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import traceback
@@ -21,9 +20,10 @@ import torch
 from helexa_torch.engine.block_manager import BlockManager
 from helexa_torch.engine.runner import ModelRunner
 from helexa_torch.engine.sampler import Sampler
-from helexa_torch.engine.scheduler import Scheduler
+from helexa_torch.engine.scheduler import Plan, Scheduler
 from helexa_torch.engine.sequence import Sequence
-from helexa_torch.models.layers import CausalLM
+from helexa_torch.models.causal_lm import CausalLM
+from helexa_torch.sizing import available_cores
 
 log = logging.getLogger("helexa.torch.engine")
 Output = tuple[Sequence, list[int], str | None, str | None]
@@ -61,23 +61,27 @@ class Engine:
         self.inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self.wake = threading.Event()
         self.steps = 0
+        self.threads = threads or available_cores()
+        """CPU threads for this engine's ops; the harness rebalances it as models come and go."""
         self.deliver: Callable[[list[Output]], None] = deliver_each
         """How a step's outputs leave the engine thread (the harness hops to its event loop once)."""
         self.ready: Future[None] = Future()
         """Done when the model is built and the cache allocated (or failed to be)."""
         self.thread = threading.Thread(
             target=self._main,
-            args=(model, num_blocks, block_size, dtype, threads),
+            args=(model, num_blocks, block_size, dtype),
             name=f"engine:{name}",
             daemon=True,
         )
         self.thread.start()
 
-    def _main(self, model, num_blocks: int, block_size: int, dtype: torch.dtype, threads: int | None) -> None:
+    def _main(self, model, num_blocks: int, block_size: int, dtype: torch.dtype) -> None:
         # All torch work of this model happens on this thread, building included. On CPU
         # that keeps one OpenMP pool busy; a second pool (from loading on another thread)
         # would make libgomp throttle its spinning and every small op would pay a wake-up.
-        torch.set_num_threads(threads or os.cpu_count() or 1)
+        # OpenMP's thread count is per calling thread, so each engine keeps its own share.
+        self._threads_set = self.threads
+        torch.set_num_threads(self.threads)
         try:
             built = model() if callable(model) and not isinstance(model, CausalLM) else model
             self.runner = ModelRunner(built, num_blocks, block_size, dtype, self.device)
@@ -100,9 +104,13 @@ class Engine:
         self.inbox.put(("abort", seq))
         self.wake.set()
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        """Ask the engine thread to end (after the model it is building, if any); returns at once."""
         self.inbox.put(("stop", None))
         self.wake.set()
+
+    def stop(self) -> None:
+        self.close()
         self.thread.join(timeout=30)
 
     # --- the engine thread ------------------------------------------------------
@@ -111,6 +119,9 @@ class Engine:
         while True:
             if not self._drain():
                 return
+            if self.threads != self._threads_set:
+                self._threads_set = self.threads
+                torch.set_num_threads(self.threads)
             if not self.scheduler.has_work():
                 self.wake.wait()
                 self.wake.clear()
@@ -151,24 +162,57 @@ class Engine:
             self.scheduler.finish(seq)
             self.deliver([(seq, [], "error", "the sequence does not fit in the KV cache")])
             return
-        logits, sampled = self.runner.run(plan)
         self.steps += 1
+        outputs: list[Output] = []
+        self._run_isolated(plan, outputs)
+        if outputs:
+            self.deliver(outputs)
+
+    def _run_isolated(self, plan: Plan, outputs: list[Output]) -> None:
+        """Run a step; if it fails, run its halves apart so only the sequences that cause it fail.
+
+        Nothing of the scheduler's state changes before a forward and its sampling succeed
+        (a retried forward rewrites the same cache slots), so a half can be run again safely.
+        """
+        try:
+            tokens, sampled = self._forward(plan)
+        except Exception as exc:
+            if plan.size > 1:
+                for half in plan.halves():
+                    self._run_isolated(half, outputs)
+                return
+            [seq] = plan.sequences()
+            log.error(
+                "engine step for %s failed for request %s: %s\n%s",
+                self.name,
+                seq.id,
+                exc,
+                traceback.format_exc(),
+            )
+            self.scheduler.finish(seq)
+            outputs.append((seq, [], "error", f"{type(exc).__name__}: {exc}"))
+            return
+        self._commit(plan, sampled, tokens, outputs)
+
+    @torch.inference_mode()
+    def _forward(self, plan: Plan) -> tuple[list[int], list[Sequence]]:
+        logits, sampled = self.runner.run(plan)
+        tokens = self.sampler.sample(logits, sampled) if sampled else []
+        return tokens, sampled
+
+    def _commit(self, plan: Plan, sampled: list[Sequence], tokens: list[int], outputs: list[Output]) -> None:
         for seq, chunk in plan.prefill:
             seq.num_computed += chunk
             self.blocks.register(seq)  # before a finish releases them: cached blocks outlive their sequence
         for seq in plan.decode:
             seq.num_computed += 1
             self.blocks.register(seq)
-        tokens = self.sampler.sample(logits, sampled) if sampled else []
-        outputs: list[Output] = []
         for seq, token in zip(sampled, tokens, strict=True):
             seq.token_ids.append(token)
             reason = self._finish_reason(seq, token)
             if reason is not None:
                 self.scheduler.finish(seq)
             outputs.append((seq, [token], reason, None))
-        if outputs:
-            self.deliver(outputs)
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         s = seq.sampling

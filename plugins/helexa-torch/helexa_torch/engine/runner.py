@@ -6,7 +6,8 @@ import torch
 
 from helexa_torch.engine.scheduler import Plan
 from helexa_torch.engine.sequence import Sequence
-from helexa_torch.models.layers import CausalLM, KVCache, PrefillSegment, StepContext
+from helexa_torch.models.causal_lm import CausalLM
+from helexa_torch.models.context import KVCache, PrefillSegment, StepContext
 
 
 class ModelRunner:

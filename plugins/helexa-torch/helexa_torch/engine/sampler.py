@@ -78,7 +78,8 @@ class Sampler:
         temps = torch.tensor([max(s.sampling.temperature, 1e-5) for s in seqs], device=self.device)
         scaled = filter_logits(
             logits / temps[:, None],
-            torch.tensor([s.sampling.top_k for s in seqs], device=self.device),
+            # top_k beyond the vocabulary means no limit; clamped so any integer a client sends fits a tensor
+            torch.tensor([min(s.sampling.top_k, logits.shape[1]) for s in seqs], device=self.device),
             torch.tensor([s.sampling.top_p for s in seqs], device=self.device),
             torch.tensor([s.sampling.min_p for s in seqs], device=self.device),
         )

@@ -26,6 +26,22 @@ class Plan:
     def __bool__(self) -> bool:
         return bool(self.decode or self.prefill)
 
+    @property
+    def size(self) -> int:
+        return len(self.decode) + len(self.prefill)
+
+    def sequences(self) -> list[Sequence]:
+        return [*self.decode, *(seq for seq, _ in self.prefill)]
+
+    def halves(self) -> tuple[Plan, Plan]:
+        """Two plans with this one's sequences split between them (to find the one a step fails on)."""
+        middle, decodes = self.size // 2, len(self.decode)
+        cut = max(0, middle - decodes)
+        return (
+            Plan(self.decode[:middle], self.prefill[:cut]),
+            Plan(self.decode[middle:], self.prefill[cut:]),
+        )
+
 
 class Scheduler:
     def __init__(self, blocks: BlockManager, max_num_seqs: int, max_batched_tokens: int) -> None:

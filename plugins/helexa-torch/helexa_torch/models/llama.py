@@ -1,8 +1,9 @@
-"""Llama 2 and 3 (Llama 3 rope scaling too), SmolLM2, TinyLlama; Mistral is Llama with a sliding window."""
+"""Llama 2 and 3 (every rope scaling), SmolLM2, TinyLlama; Mistral is Llama with a sliding window."""
 
 from __future__ import annotations
 
-from helexa_torch.models.layers import Attention, CausalLM, DecoderLayer, GatedMLP
+from helexa_torch.models.causal_lm import CausalLM
+from helexa_torch.models.layers import Attention, DecoderLayer, GatedMLP
 
 
 class LlamaForCausalLM(CausalLM):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from helexa_torch.models.layers import Attention, CausalLM, DecoderLayer, GatedMLP
+from helexa_torch.models.causal_lm import CausalLM
+from helexa_torch.models.layers import Attention, DecoderLayer, GatedMLP
 
 
 class Qwen2ForCausalLM(CausalLM):

@@ -1,0 +1,194 @@
+"""A decoder-only language model in the engine's forward contract, and how checkpoint weights reach it.
+
+Subclasses implement `make_layer` and set a few class attributes for what differs
+(Gemma's embedding scale and norm offset, renamed checkpoint tensors); the embedding,
+layer loop, rotary tables, final norm, head and weight loading are shared.
+
+Weights arrive as ``(name, tensor)`` pairs in checkpoint naming and are copied into
+place one at a time, converting dtype on the way, so a load never holds a second copy
+of the model. Separate q/k/v and gate/up matrices land in their slice of our fused
+projections; per-expert matrices land in their slot of the stacked expert weights.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helexa_torch.models.context import KVCache, StepContext
+from helexa_torch.models.layers import RMSNorm
+from helexa_torch.models.moe import Experts
+from helexa_torch.models.rotary import Rotary
+
+# checkpoint name part -> (our fused parameter, which part of it)
+PACKED = {
+    "q_proj": ("qkv_proj", "q"),
+    "k_proj": ("qkv_proj", "k"),
+    "v_proj": ("qkv_proj", "v"),
+    "gate_proj": ("gate_up_proj", "gate"),
+    "up_proj": ("gate_up_proj", "up"),
+}
+EXPERT = re.compile(r"\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+Key = str | tuple[int, str | None] | None
+"""Which part of a parameter a checkpoint tensor fills: all of it (None), a fused part, or (expert, part)."""
+
+
+class Backbone(nn.Module):
+    def __init__(self, config, layers: list[nn.Module], norm_offset: float) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(layers)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, norm_offset)
+
+
+class CausalLM(nn.Module):
+    renames: tuple[tuple[str, str], ...] = ()
+    """Substring replacements from checkpoint names to ours, applied first (e.g. Mixtral's ``w1``)."""
+    norm_offset = 0.0
+    """1.0 for Gemma's ``(1 + weight)`` norms."""
+    scale_embeddings = False
+    """Gemma multiplies embeddings by sqrt(hidden_size)."""
+
+    def __init__(self, config, device: torch.device, max_positions: int) -> None:
+        super().__init__()
+        self.config = config
+        layers = [self.make_layer(config, i) for i in range(config.num_hidden_layers)]
+        self.model = Backbone(config, layers, self.norm_offset)
+        attention = layers[0].self_attn
+        self.num_layers = len(layers)
+        self.num_kv_heads = attention.kv_heads
+        self.head_dim = attention.head_dim
+        self.vocab_size = config.vocab_size
+        tables: dict[str | None, Rotary] = {}
+        for index, layer in enumerate(layers):
+            kind = self.rope_layer_type(config, index)
+            if kind not in tables:
+                tables[kind] = Rotary(config, layer.self_attn.head_dim, max_positions, device, kind)
+            layer.self_attn.rotary = tables[kind]
+        self.tied = bool(getattr(config, "tie_word_embeddings", False))
+        if not self.tied:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.final_softcap = getattr(config, "final_logit_softcapping", None)
+        self.embed_scale = config.hidden_size**0.5 if self.scale_embeddings else None
+
+    def make_layer(self, config, index: int) -> nn.Module:
+        raise NotImplementedError
+
+    def materialize(self, device: torch.device) -> CausalLM:
+        """Give the model (built on the meta device) real, uninitialised storage for its weights."""
+        return self.to_empty(device=device)
+
+    @staticmethod
+    def layer_type(config, index: int) -> str | None:
+        """``sliding_attention``/``full_attention`` (or another kind) where the config lists layer types."""
+        kinds = getattr(config, "layer_types", None)
+        return kinds[index] if kinds else None
+
+    def rope_layer_type(self, config, index: int) -> str | None:
+        """The key of this layer's rotary parameters when the config has one set per layer type."""
+        kind = self.layer_type(config, index)
+        return kind if kind in (getattr(config, "rope_parameters", None) or {}) else None
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: StepContext, caches: list[KVCache]
+    ) -> torch.Tensor:
+        x = self.model.embed_tokens(input_ids)
+        if self.embed_scale is not None:
+            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
+        residual = None
+        for layer, cache in zip(self.model.layers, caches, strict=True):
+            x, residual = layer(x, residual, positions, ctx, cache)
+        x, _ = self.model.norm(x, residual)
+        return x
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
+        logits = F.linear(hidden, weight).float()
+        if self.final_softcap:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        return logits
+
+    # --- weights ---------------------------------------------------------------------
+
+    def route(self, name: str) -> tuple[str, Key]:
+        """Our parameter for a checkpoint tensor, and which part of it the tensor fills."""
+        for old, new in self.renames:
+            name = name.replace(old, new)
+        match = EXPERT.search(name)
+        if match:
+            expert, kind = int(match[1]), match[2]
+            if kind == "down_proj":
+                return f"{name[: match.start()]}.experts.down_proj", (expert, None)
+            return f"{name[: match.start()]}.experts.gate_up_proj", (expert, kind.removesuffix("_proj"))
+        for part, (fused, key) in PACKED.items():
+            if f".{part}." in name:
+                return name.replace(f".{part}.", f".{fused}."), key
+        return name, None
+
+    def skip(self, name: str) -> bool:
+        return "rotary_emb" in name or (self.tied and name == "lm_head.weight")
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy checkpoint tensors in one at a time; a missing or unknown weight is an error."""
+        params = dict(self.named_parameters())
+        modules = dict(self.named_modules())
+        loaded: dict[str, set] = {}
+        for name, tensor in weights:
+            if self.skip(name):
+                continue
+            target, key = self.route(name)
+            param = params.get(target)
+            if param is None:
+                raise ValueError(f"checkpoint has {name!r}, which this architecture does not use")
+            module = modules[target.rpartition(".")[0]]
+            _copy(_part(module, param, key), tensor, name)
+            loaded.setdefault(target, set()).add(key)
+
+        def complete(name: str) -> bool:
+            keys = loaded.get(name, set())
+            return None in keys or len(keys) >= _parts(modules[name.rpartition(".")[0]], name)
+
+        missing = [name for name in params if not complete(name)]
+        if missing:
+            raise ValueError(f"checkpoint is missing {len(missing)} weights, e.g. {missing[:3]}")
+
+
+def _part(module: nn.Module, param: torch.Tensor, key: Key) -> torch.Tensor:
+    if key is None:
+        return param
+    expert, part = key if isinstance(key, tuple) else (None, key)
+    view = param if expert is None else param[expert]
+    if part is not None:
+        offset, size = module.parts[part]
+        view = view.narrow(0, offset, size)
+    return view
+
+
+def _parts(module: nn.Module, name: str) -> int:
+    """How many checkpoint tensors fill this parameter when they come one part at a time."""
+    parts = len(getattr(module, "parts", {})) or 1
+    if isinstance(module, Experts):
+        return module.num_experts * (parts if name.endswith("gate_up_proj") else 1)
+    return parts
+
+
+def _copy(dest: torch.Tensor, src: torch.Tensor, name: str) -> None:
+    if dest.shape != src.shape:
+        raise ValueError(f"weight {name!r} has shape {tuple(src.shape)}, expected {tuple(dest.shape)}")
+    dest.copy_(src)
+
+
+def kv_bytes_per_token(model: CausalLM, dtype: torch.dtype) -> int:
+    """Bytes one token takes in the cache: keys and values, every layer."""
+    return (
+        2
+        * model.num_layers
+        * model.num_kv_heads
+        * model.head_dim
+        * torch.empty((), dtype=dtype).element_size()
+    )
