@@ -144,7 +144,18 @@ def plugins(as_json: bool) -> None:
         )
         detail = registered if p.error is None else f"[red]{p.error}[/]"
         table.add_row(p.name, p.distribution or "-", p.version or "-", status, detail)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    runtimes = host.architecture_runtimes()
+    if runtimes:
+        kinds = Table(title="model architectures")
+        kinds.add_column("architecture")
+        kinds.add_column("runs")
+        kinds.add_column("plugin")
+        for name, runtime in runtimes.items():
+            note = "natively" if runtime == "native" else "fallback: what transformers builds"
+            kinds.add_row(name, note, host.architectures.entries[name].plugin)
+        console.print(kinds)
 
 
 @cli.group()

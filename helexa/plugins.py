@@ -132,6 +132,22 @@ class PluginHost:
     def info(self, name: str) -> PluginInfo | None:
         return next((p for p in self.plugins if p.name == name), None)
 
+    def architecture_runtimes(self) -> dict[str, str]:
+        """Each architecture by its first registered name -> ``native`` or ``fallback``.
+
+        A factory registered under several names (an HF class and its model types) is listed
+        once; a factory says it is a fallback with a ``runtime`` attribute, read without
+        calling it (calling would import torch).
+        """
+        seen: dict[int, str] = {}
+        runtimes = {}
+        for name, entry in self.architectures.entries.items():
+            if id(entry.factory) in seen:
+                continue
+            seen[id(entry.factory)] = name
+            runtimes[name] = getattr(entry.factory, "runtime", "native")
+        return runtimes
+
 
 def disabled_from_env() -> set[str]:
     return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}

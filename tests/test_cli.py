@@ -27,6 +27,13 @@ def test_plugins_table_names_each_plugin():
     assert "lru" in result.output and "priority" in result.output
 
 
+def test_plugins_table_says_which_architectures_run_natively():
+    output = CliRunner().invoke(cli, ["plugins"]).output
+    rows = {line.split("│")[1].strip(): line for line in output.splitlines() if line.count("│") == 4}
+    assert "natively" in rows["Qwen3MoeForCausalLM"]
+    assert "fallback" in rows["TransformersForCausalLM"]
+
+
 def test_config_check_accepts_a_valid_file(tmp_path):
     path = tmp_path / "neuron.toml"
     path.write_text('[neuron]\nlisten = "127.0.0.1:13131"\n')

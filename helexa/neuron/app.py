@@ -75,7 +75,9 @@ class Neuron:
 
     def discovery(self) -> DiscoveryResponse:
         cap = self.settings.neuron.max_prompt_tokens
-        return self.hardware.discovery(self.name, cap)
+        found = self.hardware.discovery(self.name, cap)
+        found.architectures = self.plugins.architecture_runtimes()
+        return found
 
     def health(self) -> HealthResponse:
         devices = self.hardware.health()

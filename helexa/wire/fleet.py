@@ -48,6 +48,8 @@ class DiscoveryResponse(msgspec.Struct, kw_only=True):
     memory_total_mb: int = 0
     name: str = ""
     """The neuron's configured name (defaults to the hostname)."""
+    architectures: dict[str, str] = msgspec.field(default_factory=dict)
+    """Model architectures the harnesses can run -> ``native`` or ``fallback`` (see `helexa plugins`)."""
 
 
 class DeviceHealth(msgspec.Struct, kw_only=True):

@@ -23,7 +23,7 @@ from helexa.neuron.harness import (
 )
 from helexa.neuron.parsing import detect_think_markers
 from helexa.wire.fleet import ModelSpec
-from helexa_torch.engine.engine import Engine, deliver_each
+from helexa_torch.engine.engine import Engine, Output, deliver_each
 from helexa_torch.engine.sequence import Sequence
 from helexa_torch.loading import Checkpoint, locate, open_checkpoint
 from helexa_torch.models.causal_lm import CausalLM, kv_bytes_per_token
@@ -32,6 +32,20 @@ from helexa_torch.sizing import MB, available_cores, kv_budget, resident_mb, res
 from helexa_torch.text import Detokenizer, encode_text, render_chat
 
 log = logging.getLogger("helexa.torch")
+
+
+def deliver_on_their_loops(outputs: list[Output]) -> None:
+    """Hand a step's outputs to the event loops their requests wait on (one call per loop).
+
+    From the engine thread; a neuron has one loop, tests and embedders may have several.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[Output]] = {}
+    for output in outputs:
+        by_loop.setdefault(output[0].loop, []).append(output)
+    for loop, group in by_loop.items():
+        loop.call_soon_threadsafe(deliver_each, group)
+
+
 T = TypeVar("T")
 
 
@@ -109,8 +123,7 @@ class TorchHarness:
         served: Served | None = None
         try:
             served = await asyncio.shield(build)
-            loop = asyncio.get_running_loop()
-            served.engine.deliver = lambda outputs: loop.call_soon_threadsafe(deliver_each, outputs)
+            served.engine.deliver = deliver_on_their_loops
             await asyncio.wrap_future(served.engine.ready)
         except BaseException:
             build.add_done_callback(self._abandon)
@@ -258,7 +271,7 @@ class TorchHarness:
         outputs: asyncio.Queue[tuple[list[int], str | None, str | None]] = asyncio.Queue()
 
         def emit(tokens: list[int], finish: str | None, error: str | None) -> None:
-            outputs.put_nowait((tokens, finish, error))  # on the event loop (see load's deliver)
+            outputs.put_nowait((tokens, finish, error))  # on this loop (see deliver_on_their_loops)
 
         prompt = request.prompt.token_ids
         if not prompt:
@@ -276,6 +289,7 @@ class TorchHarness:
             token_ids=list(prompt),
             sampling=request.sampling,
             emit=emit,
+            loop=asyncio.get_running_loop(),
         )
         detokenizer = Detokenizer(served.tokenizer, prompt)
         eos = served.engine.eos_ids

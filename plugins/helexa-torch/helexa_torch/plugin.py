@@ -53,4 +53,6 @@ def register_architectures(register):
         register(name, factory)
         for model_type in model_types:
             register(model_type, factory)
-    register(FALLBACK, _architecture("fallback", FALLBACK))
+    fallback = _architecture("fallback", FALLBACK)
+    fallback.runtime = "fallback"  # shown by `helexa plugins` and /discovery
+    register(FALLBACK, fallback)

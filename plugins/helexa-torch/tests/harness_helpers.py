@@ -105,6 +105,17 @@ def save_tiny(folder: Path) -> Path:
     return folder
 
 
+def neuron_for(root: Path):
+    """A neuron serving from ``root`` with the torch harness (start it with `helexa.testing.serve_app`)."""
+    import msgspec
+
+    from helexa.neuron.app import Neuron
+    from helexa.settings import NeuronSettings
+
+    section = {"default_harness": "torch", "model_roots": [str(root)], "listen": "127.0.0.1:0"}
+    return Neuron(msgspec.convert({"neuron": section}, NeuronSettings))
+
+
 def make_harness(root: Path):
     devices = [DeviceInfo(index=0, name="cpu", vram_total_mb=8000, kind="cpu")]
     plugins = load_plugins()

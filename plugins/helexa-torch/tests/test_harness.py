@@ -9,20 +9,13 @@ import time
 from pathlib import Path
 
 import httpx
-import msgspec
 import openai
 import pytest
-from harness_helpers import save_tiny
+from harness_helpers import neuron_for, save_tiny
 
-from helexa.neuron.app import Neuron, create_app
-from helexa.settings import NeuronSettings
+from helexa.neuron.app import create_app
 from helexa.testing import serve_app
 from helexa_torch.text import Detokenizer
-
-
-def neuron_for(root: Path) -> Neuron:
-    section = {"default_harness": "torch", "model_roots": [str(root)], "listen": "127.0.0.1:0"}
-    return Neuron(msgspec.convert({"neuron": section}, NeuronSettings))
 
 
 @pytest.fixture(scope="module")

@@ -61,10 +61,13 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         logits = logits.float()
-        if self.eos is not None:
-            early = [row for row, s in enumerate(seqs) if s.generated < s.sampling.min_tokens]
-            if early:
-                logits[torch.tensor(early, device=self.device)[:, None], self.eos[None, :]] = NEG_INF
+        # Before min_tokens, neither EOS nor a request's stop tokens may be drawn (as vLLM).
+        for row, s in enumerate(seqs):
+            if s.generated < s.sampling.min_tokens:
+                if self.eos is not None:
+                    logits[row, self.eos] = NEG_INF
+                if s.sampling.stop_token_ids:
+                    logits[row, s.sampling.stop_token_ids] = NEG_INF
         if any(
             s.sampling.repetition_penalty != 1.0
             or s.sampling.presence_penalty

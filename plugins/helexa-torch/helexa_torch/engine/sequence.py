@@ -27,6 +27,8 @@ class Sequence:
     status: str = "waiting"  # waiting | running | finished
     generator: Any = None
     finish_reason: str | None = None
+    loop: Any = None
+    """The event loop of the request's consumer, where ``emit`` must run."""
 
     def __post_init__(self) -> None:
         self.prompt_len = self.prompt_len or len(self.token_ids)
