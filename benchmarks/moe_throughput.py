@@ -27,9 +27,8 @@ PROMPT = list(range(1000, 1032))
 
 
 def checkpoint(folder: Path, layers: int):
-    from transformers import AutoTokenizer, Qwen3MoeConfig, Qwen3MoeForCausalLM
-
     from model_load import smollm2_gguf
+    from transformers import AutoTokenizer, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     config = Qwen3MoeConfig(
         hidden_size=512,
