@@ -25,6 +25,7 @@ from helexa.neuron.parsing import detect_think_markers
 from helexa.wire.fleet import ModelSpec
 from helexa_torch.engine.engine import Engine, Output, deliver_each
 from helexa_torch.engine.sequence import Sequence
+from helexa_torch.engine.state_cache import plan_states
 from helexa_torch.loading import Checkpoint, locate, open_checkpoint
 from helexa_torch.models.causal_lm import CausalLM, kv_bytes_per_token
 from helexa_torch.plugin import FALLBACK
@@ -149,7 +150,8 @@ class TorchHarness:
     ) -> Served:
         config = checkpoint.config
         dtype = resolve_dtype(str(options.get("dtype", "auto")), device)
-        context_len = int(getattr(config, "max_position_embeddings", 4096) or 4096)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        context_len = int(getattr(text, "max_position_embeddings", 4096) or 4096)
         max_len = int(options.get("max_model_len") or min(context_len, 32768))
         cls = self._architecture(config)
         with torch.device("meta"):  # shapes only: no memory until the weights stream in
@@ -157,6 +159,11 @@ class TorchHarness:
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         per_token = kv_bytes_per_token(model, dtype)
         kv_bytes = kv_budget(options, device, weight_bytes)
+        max_num_seqs = int(options.get("max_num_seqs", 64))
+        states, state_bytes = None, 0
+        if getattr(model, "linear_layers", None):  # hybrid: recurrent states come out of the same budget
+            states, state_bytes = plan_states(model, options, dtype, max_num_seqs, kv_bytes)
+            kv_bytes -= state_bytes
         block_size = int(options.get("block_size", 16))
         num_blocks = kv_bytes // (per_token * block_size)
         if num_blocks * block_size < max_len:
@@ -167,7 +174,7 @@ class TorchHarness:
                 "or lower max_model_len",
                 code="kv_cache_too_small",
             )
-        need = (weight_bytes + num_blocks * block_size * per_token) // MB + 1
+        need = (weight_bytes + num_blocks * block_size * per_token + state_bytes) // MB + 1
         self.context.ledger.reserve(spec.model_id, {index: need})
 
         def materialize() -> CausalLM:  # runs on the engine's thread
@@ -196,11 +203,12 @@ class TorchHarness:
                 device=device,
                 eos_ids=checkpoint.eos_ids,
                 max_model_len=max_len,
-                max_num_seqs=int(options.get("max_num_seqs", 64)),
+                max_num_seqs=max_num_seqs,
                 max_batched_tokens=int(
                     options.get("max_batched_tokens", 8192 if device.type == "cuda" else 512)
                 ),
                 threads=threads or self._fair_share(extra=1),
+                state_cache=states,
             )
         except BaseException:
             self.context.ledger.release(spec.model_id)

@@ -36,6 +36,11 @@ ARCHITECTURES = {
     "Gemma2ForCausalLM": ("gemma", ("gemma2",)),
     "Gemma3ForCausalLM": ("gemma", ("gemma3_text",)),
     "Phi3ForCausalLM": ("phi3", ("phi3",)),
+    "Qwen3_5ForCausalLM": ("qwen3_5", ("qwen3_5_text",)),
+    "Qwen3_5MoeForCausalLM": ("qwen3_5", ("qwen3_5_moe_text",)),
+    "Qwen3_5ForConditionalGeneration": ("qwen3_5", ("qwen3_5",)),
+    "Qwen3_5MoeForConditionalGeneration": ("qwen3_5", ("qwen3_5_moe",)),
+    "Qwen3NextForCausalLM": ("qwen3_next", ("qwen3_next",)),
 }
 FALLBACK = "TransformersForCausalLM"
 """Serves any other causal LM that transformers can build, on our paged cache (see models/fallback.py)."""

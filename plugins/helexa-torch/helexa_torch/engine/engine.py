@@ -18,10 +18,12 @@ from concurrent.futures import Future
 import torch
 
 from helexa_torch.engine.block_manager import BlockManager
+from helexa_torch.engine.hybrid_blocks import HybridBlockManager
 from helexa_torch.engine.runner import ModelRunner
 from helexa_torch.engine.sampler import Sampler
 from helexa_torch.engine.scheduler import Plan, Scheduler
 from helexa_torch.engine.sequence import Sequence
+from helexa_torch.engine.state_cache import StateBudget
 from helexa_torch.models.causal_lm import CausalLM
 from helexa_torch.sizing import available_cores
 
@@ -50,12 +52,18 @@ class Engine:
         max_num_seqs: int = 64,
         max_batched_tokens: int = 512,
         threads: int | None = None,
+        state_cache: StateBudget | None = None,
     ) -> None:
         self.name = name
         self.device = device
         self.eos_ids = eos_ids
         self.max_model_len = max_model_len
-        self.blocks = BlockManager(num_blocks, block_size)
+        # Hybrid models also hold a recurrent-state slot per running sequence (see hybrid_blocks).
+        self.blocks = (
+            HybridBlockManager(num_blocks, block_size, state_cache)
+            if state_cache
+            else BlockManager(num_blocks, block_size)
+        )
         self.scheduler = Scheduler(self.blocks, max_num_seqs, max_batched_tokens)
         self.sampler = Sampler(device, eos_ids)
         self.inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
@@ -84,7 +92,7 @@ class Engine:
         torch.set_num_threads(self.threads)
         try:
             built = model() if callable(model) and not isinstance(model, CausalLM) else model
-            self.runner = ModelRunner(built, num_blocks, block_size, dtype, self.device)
+            self.runner = ModelRunner(built, num_blocks, block_size, dtype, self.device, self.blocks)
         except BaseException as exc:
             self.ready.set_exception(exc)
             return
@@ -201,6 +209,7 @@ class Engine:
         return tokens, sampled
 
     def _commit(self, plan: Plan, sampled: list[Sequence], tokens: list[int], outputs: list[Output]) -> None:
+        self.runner.commit(plan)
         for seq, chunk in plan.prefill:
             seq.num_computed += chunk
             self.blocks.register(seq)  # before a finish releases them: cached blocks outlive their sequence

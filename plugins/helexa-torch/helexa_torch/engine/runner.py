@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import torch
 
+from helexa_torch.engine.block_manager import BlockManager
 from helexa_torch.engine.scheduler import Plan
 from helexa_torch.engine.sequence import Sequence
+from helexa_torch.engine.state_cache import StateCache, StateStep
 from helexa_torch.models.causal_lm import CausalLM
 from helexa_torch.models.context import KVCache, PrefillSegment, StepContext
 
 
 class ModelRunner:
     def __init__(
-        self, model: CausalLM, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+        self,
+        model: CausalLM,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        blocks: BlockManager | None = None,
     ) -> None:
         self.model = model
         self.block_size = block_size
@@ -24,6 +32,12 @@ class ModelRunner:
             )
             for _ in range(model.num_layers)
         ]
+        self.states: StateCache | None = None
+        self.pending: StateStep | None = None
+        if getattr(model, "linear_layers", None):  # a hybrid model: its recurrent states live beside the KV
+            if not hasattr(blocks, "slot_of"):
+                raise ValueError("a hybrid model needs the engine's state cache (a HybridBlockManager)")
+            self.states = StateCache(model, blocks, dtype, device)
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
@@ -74,6 +88,8 @@ class ModelRunner:
                 sampled_rows.append(len(ids) - 1)
                 sampled.append(seq)
         ctx.slot_mapping = self._tensor(slots)
+        if self.states is not None:
+            ctx.states = self.pending = self.states.step(plan)
         return self._tensor(ids), self._tensor(positions), ctx, sampled_rows, sampled
 
     @torch.inference_mode()
@@ -84,3 +100,9 @@ class ModelRunner:
         if not rows:
             return None, []
         return self.model.compute_logits(hidden[self._tensor(rows)]), sampled
+
+    def commit(self, plan: Plan) -> None:
+        """Keep what the last forward (of ``plan``) computed beyond the KV cache: a hybrid's new states."""
+        if self.pending is not None:
+            self.states.commit(plan, self.pending)
+            self.pending = None

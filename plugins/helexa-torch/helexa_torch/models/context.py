@@ -8,6 +8,7 @@ sequences being prefilled.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -39,6 +40,8 @@ class StepContext:
     decode_lens: torch.Tensor | None = None
     """[sequences] tokens in each decoding sequence's context, this step's token included."""
     prefills: list[PrefillSegment] = field(default_factory=list)
+    states: Any = None
+    """Hybrid models: the step's view of the recurrent-state cache (`engine.state_cache.StateStep`)."""
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from helexa_torch.models.layers import activation
+from helexa_torch.models.layers import GatedMLP, activation
 
 
 class Experts(nn.Module):
@@ -66,3 +66,24 @@ class SparseMoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, chosen = self.route(x)
         return self.experts(x, chosen, weights)
+
+
+class SharedExpertMoE(SparseMoE):
+    """Routed experts plus an always-on shared expert scaled by a sigmoid gate (Qwen3-Next, Qwen3.5-MoE)."""
+
+    def __init__(
+        self,
+        config,
+        num_experts: int,
+        top_k: int,
+        intermediate_size: int,
+        renormalize: bool,
+        shared_size: int,
+    ) -> None:
+        super().__init__(config, num_experts, top_k, intermediate_size, renormalize)
+        self.shared_expert = GatedMLP(config, intermediate_size=shared_size)
+        self.shared_expert_gate = nn.Linear(config.hidden_size, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        return super().forward(x) + shared

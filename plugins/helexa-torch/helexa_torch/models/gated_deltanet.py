@@ -1,0 +1,216 @@
+"""Gated DeltaNet linear attention (Qwen3.5, Qwen3.6, Qwen3-Next), in the engine's batch layout.
+
+Instead of a growing KV cache, each sequence carries two small states per layer: the last
+``kernel - 1`` inputs of a causal depthwise convolution, and a recurrent matrix per value head
+(``[k_head_dim, v_head_dim]``) updated by the gated delta rule. A step reads each sequence's
+states from its slot of the `StateCache`, and stages the new ones (see `StateStep`): they are
+written back only when the engine commits the step, so a step that fails and is retried in
+halves starts again from the same states.
+
+Decoding sequences take one recurrent update each, batched. Prompt chunks use the chunked
+form of the delta rule (a few matmuls per 64 tokens), one segment at a time; a segment is
+split where a prefix snapshot is wanted, so the state at that block boundary exists exactly.
+
+The pure-PyTorch functions here follow transformers' reference implementation step for step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helexa_torch.models.context import StepContext
+from helexa_torch.models.layers import activation
+
+CHUNK = 64
+
+
+def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
+
+
+def _prepare(q, k, v, g, beta):
+    """[heads, ...] float32 operands with grouped q/k heads expanded, q/k normalised and q scaled."""
+    groups = v.shape[-2] // q.shape[-2]
+    if groups > 1:
+        q, k = q.repeat_interleave(groups, dim=-2), k.repeat_interleave(groups, dim=-2)
+    q, k = l2norm(q.float()), l2norm(k.float())
+    return q * q.shape[-1] ** -0.5, k, v.float(), g.float(), beta.float()
+
+
+def chunked_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    state: torch.Tensor,
+    chunk: int = CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sequence: ``q/k [L, hk, dk]``, ``v [L, hv, dv]``, ``g/beta [L, hv]``, ``state [hv, dk, dv]``.
+
+    Returns the outputs ``[L, hv, dv]`` (float32) and the state after the last token.
+    """
+    length = q.shape[0]
+    q, k, v, g, beta = _prepare(q, k, v, g, beta)
+    q, k, v = (x.transpose(0, 1) for x in (q, k, v))  # [heads, L, dim]
+    g, beta = g.t(), beta.t()
+    pad = (chunk - length % chunk) % chunk
+    q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+    g, beta = F.pad(g, (0, pad)), F.pad(beta, (0, pad))
+    heads = q.shape[0]
+    v_beta, k_beta = v * beta.unsqueeze(-1), k * beta.unsqueeze(-1)
+    q, k, k_beta, v_beta = (x.reshape(heads, -1, chunk, x.shape[-1]) for x in (q, k, k_beta, v_beta))
+    g = g.reshape(heads, -1, chunk).cumsum(dim=-1)
+    upper = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
+    decay = (g.unsqueeze(-1) - g.unsqueeze(-2)).masked_fill(upper, float("-inf")).exp()
+    system = (k_beta @ k.transpose(-1, -2)) * decay
+    intra = (q @ k.transpose(-1, -2)) * decay
+    # The UT transform folds a chunk's delta-rule updates into two triangular solves.
+    values = torch.linalg.solve_triangular(system, v_beta, upper=False, unitriangular=True)
+    k_decayed = torch.linalg.solve_triangular(
+        system, k_beta * g.exp().unsqueeze(-1), upper=False, unitriangular=True
+    )
+    state = state.float()
+    out = torch.zeros_like(values)
+    q = q * g.exp().unsqueeze(-1)
+    k = k * (g[..., -1:] - g).exp().unsqueeze(-1)
+    chunk_decay = g[..., -1].exp()[..., None, None]
+    for i in range(values.shape[1]):
+        v_new = values[:, i] - k_decayed[:, i] @ state
+        out[:, i] = q[:, i] @ state + intra[:, i] @ v_new
+        state = state * chunk_decay[:, i] + k[:, i].transpose(-1, -2) @ v_new
+    out = out.reshape(heads, -1, out.shape[-1])[:, :length]
+    return out.transpose(0, 1), state
+
+
+def recurrent_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    state: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token for each of a batch of sequences: ``q/k [B, hk, dk]``, ``state [B, hv, dk, dv]``."""
+    q, k, v, g, beta = _prepare(q, k, v, g, beta)
+    state = state.float() * g.exp()[..., None, None]
+    memory = (state * k.unsqueeze(-1)).sum(dim=-2)
+    delta = (v - memory) * beta.unsqueeze(-1)
+    state = state + k.unsqueeze(-1) * delta.unsqueeze(-2)
+    return (state * q.unsqueeze(-1)).sum(dim=-2), state
+
+
+class GatedRMSNorm(nn.Module):
+    """RMS norm of each value head's output, then scaled by ``silu(gate)``."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = self.weight * h.to(dtype)
+        return (h * F.silu(gate.float())).to(dtype)
+
+
+class GatedDeltaNet(nn.Module):
+    """The linear-attention token mixer. Projections are fused into one ``in_proj`` (q|k|v, z, b, a)."""
+
+    def __init__(self, config, state_index: int) -> None:
+        super().__init__()
+        self.state_index = state_index
+        """Which of the model's linear-attention layers this is (its row in the state cache)."""
+        self.k_heads = config.linear_num_key_heads
+        self.v_heads = config.linear_num_value_heads
+        self.k_dim = config.linear_key_head_dim
+        self.v_dim = config.linear_value_head_dim
+        self.kernel = config.linear_conv_kernel_dim
+        key_size, self.value_size = self.k_heads * self.k_dim, self.v_heads * self.v_dim
+        self.conv_dim = 2 * key_size + self.value_size
+        self.split = (key_size, key_size, self.value_size)
+        sizes = {"qkv": self.conv_dim, "z": self.value_size, "b": self.v_heads, "a": self.v_heads}
+        self.in_proj = nn.Linear(config.hidden_size, sum(sizes.values()), bias=False)
+        offsets, offset = {}, 0
+        for part, size in sizes.items():
+            offsets[part] = (offset, size)
+            offset += size
+        self.in_proj.parts = offsets
+        self.sizes = tuple(sizes.values())
+        self.conv1d = nn.Conv1d(
+            self.conv_dim,
+            self.conv_dim,
+            self.kernel,
+            groups=self.conv_dim,
+            padding=self.kernel - 1,
+            bias=False,
+        )
+        self.dt_bias = nn.Parameter(torch.ones(self.v_heads))
+        self.A_log = nn.Parameter(torch.zeros(self.v_heads))
+        self.norm = GatedRMSNorm(self.v_dim, config.rms_norm_eps)
+        self.out_proj = nn.Linear(self.value_size, config.hidden_size, bias=False)
+        self.act = activation(config)
+
+    def state_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Per sequence: the convolution state and the recurrent state."""
+        return (self.conv_dim, self.kernel - 1), (self.v_heads, self.k_dim, self.v_dim)
+
+    def forward(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        states = ctx.states
+        conv_cache, rec_cache = states.layer(self.state_index)
+        n = x.shape[0]
+        qkv, z, b, a = self.in_proj(x).split(self.sizes, dim=-1)
+        beta = b.sigmoid()
+        g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)
+        weight = self.conv1d.weight.squeeze(1)  # [channels, kernel]
+        core = x.new_empty(n, self.v_heads, self.v_dim)
+        d = ctx.num_decode
+        if d:
+            slots = states.decode_slots
+            window = torch.cat((conv_cache[slots], qkv[:d, :, None].to(conv_cache.dtype)), dim=-1)
+            mixed = self.act((window * weight).sum(-1)).to(x.dtype)
+            q, k, v = self._heads(mixed)
+            out, rec = recurrent_delta_rule(q, k, v, g[:d], beta[:d], rec_cache[slots])
+            core[:d] = out.to(x.dtype)
+            states.stage(self.state_index, slots, window[..., 1:], rec)
+        for index, segment in enumerate(ctx.prefills):
+            span = slice(segment.start, segment.start + segment.length)
+            core[span] = self._prefill(qkv[span], g[span], beta[span], weight, states, index, x.dtype)
+        out = self.norm(core, z.view(n, self.v_heads, self.v_dim)).view(n, -1)
+        return self.out_proj(out)
+
+    def _heads(self, mixed: torch.Tensor):
+        q, k, v = mixed.split(self.split, dim=-1)
+        shape = mixed.shape[:-1]
+        return (
+            q.view(*shape, self.k_heads, self.k_dim),
+            k.view(*shape, self.k_heads, self.k_dim),
+            v.view(*shape, self.v_heads, self.v_dim),
+        )
+
+    def _prefill(self, qkv, g, beta, weight, states, index: int, dtype: torch.dtype) -> torch.Tensor:
+        conv_cache, rec_cache = states.layer(self.state_index)
+        slot = states.prefill_slots[index]
+        window = torch.cat((conv_cache[slot], qkv.t().to(conv_cache.dtype)), dim=-1)  # [channels, K-1+L]
+        conv = F.conv1d(window[None], weight[:, None, :], groups=self.conv_dim)[0]
+        q, k, v = self._heads(self.act(conv).t().to(dtype))
+        rec = rec_cache[slot]
+        outputs, begin = [], 0
+        # Split at the wanted snapshots so the recurrent state at each boundary comes out exactly.
+        stops = [*((offset, True) for offset in states.snapshot_offsets[index]), (q.shape[0], False)]
+        for offset, snapshot in stops:
+            if offset > begin:
+                piece = slice(begin, offset)
+                out, rec = chunked_delta_rule(q[piece], k[piece], v[piece], g[piece], beta[piece], rec)
+                outputs.append(out)
+                begin = offset
+            if snapshot:
+                conv_state = window[:, offset : offset + self.kernel - 1]
+                states.capture(self.state_index, index, offset, conv_state, rec)
+        tail = window[:, window.shape[1] - (self.kernel - 1) :]
+        states.stage(self.state_index, states.prefill_slot_tensors[index], tail[None], rec[None])
+        return torch.cat(outputs).to(dtype)
