@@ -9,7 +9,7 @@ PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml
 # torch is pinned through constraints.txt, never in package metadata.
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: install run test lint format rpm clean
+.PHONY: install browser run test lint format rpm clean
 
 install: $(STAMP)
 
@@ -25,7 +25,20 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard plugins/*/pyproject.toml)
 run: install
 	$(BIN)/helexa --role standalone
 
-test: install
+# A headless Chromium for the bench dashboard's browser tests (Debian's packages). Nothing to do when
+# one is installed; without root or apt the tests say they were skipped and why.
+BROWSER_PACKAGES := chromium chromium-driver fonts-liberation
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif ! command -v apt-get >/dev/null; then echo "note: no apt-get; install Chromium and chromedriver for the browser tests"; \
+	else sudo=; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
+		echo "installing a headless Chromium for the browser tests: $(BROWSER_PACKAGES)"; \
+		{ $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES) >/dev/null; } \
+		|| echo "note: could not install $(BROWSER_PACKAGES); the browser tests will be skipped"; \
+	fi
+
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest

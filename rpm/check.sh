@@ -68,7 +68,8 @@ expect() {
 }
 site=/usr/lib/python3.11/site-packages
 expect helexa /usr/bin/helexa /usr/lib/systemd/system/helexa-gateway.service /usr/lib/sysusers.d/helexa-gateway.conf \
-    /usr/lib/firewalld/services/helexa-gateway.xml /etc/helexa/gateway.toml /etc/helexa/models.toml $site/helexa/cli.py
+    /usr/lib/firewalld/services/helexa-gateway.xml /etc/helexa/gateway.toml /etc/helexa/models.toml $site/helexa/cli.py \
+    $site/helexa/bench/dashboard/index.html $site/helexa/bench/dashboard/dashboard.js $site/helexa/bench/dashboard/dashboard.css
 expect helexa-neuron /usr/lib/systemd/system/helexa-neuron.service /usr/lib/sysusers.d/helexa-neuron.conf \
     /usr/lib/firewalld/services/helexa-neuron.xml /etc/helexa/neuron.toml /usr/libexec/helexa/neuron-exec \
     /usr/bin/helexa-neuron-venv $site/helexa_torch/harness.py $site/helexa_echo.py

@@ -1,14 +1,19 @@
-"""The bench role's read-only HTTP API (default port 13132): health, dimensions, summary, series, runs."""
+"""The bench role's read-only HTTP API (default port 13132): the dashboard page, and the JSON it reads.
+
+JSON: health, dimensions, summary, series, charts, runs. ``GET /`` serves the dashboard, a
+static page shipped in ``helexa/bench/dashboard`` that draws its charts from that JSON.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from litestar import Litestar, get
+from litestar import Litestar, Response, get
 from litestar.config.cors import CORSConfig
 
 from helexa.asgi import error_response
-from helexa.bench import report
+from helexa.bench import charts as chart_data
+from helexa.bench import report, web
 from helexa.bench.store import Store
 from helexa.errors import ApiError
 
@@ -16,6 +21,16 @@ MAX_RUNS = 5000
 
 
 def create_api(store: Store, lifespan: list | None = None) -> Litestar:
+    files = web.load()  # read once: a missing file stops the role at start, not a user at the page
+
+    @get("/", sync_to_thread=False)
+    def page() -> Response[bytes]:
+        return web.response(files, "index.html")
+
+    @get("/dashboard/{name:str}", sync_to_thread=False)
+    def asset(name: str) -> Response[bytes]:
+        return web.response(files, name)
+
     @get("/api/health", sync_to_thread=False)
     def health() -> dict[str, Any]:
         count = store.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
@@ -32,6 +47,12 @@ def create_api(store: Store, lifespan: list | None = None) -> Litestar:
     @get("/api/series", sync_to_thread=False)
     def series(host: str, model: str, scenario: str) -> list[dict[str, Any]]:
         return report.series(store, host, model, scenario)
+
+    @get("/api/charts", sync_to_thread=False)
+    def charts(
+        host: str | None = None, model: str | None = None, scenario: str | None = None
+    ) -> dict[str, Any]:
+        return chart_data.charts(store, {"host": host, "model": model, "scenario": scenario})
 
     @get("/api/runs", sync_to_thread=False)
     def runs(
@@ -60,7 +81,7 @@ def create_api(store: Store, lifespan: list | None = None) -> Litestar:
         return store.rows(" AND ".join(clauses) or "1=1", params, limit)
 
     return Litestar(
-        [health, dimensions, summary, series, runs],
+        [page, asset, health, dimensions, summary, series, charts, runs],
         lifespan=lifespan or [],
         cors_config=CORSConfig(allow_origins=["*"], allow_methods=["GET"]),
         exception_handlers={Exception: error_response},
