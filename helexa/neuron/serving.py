@@ -112,9 +112,10 @@ def constraint_for(
             param="tool_choice",
         )
     if forced:
-        constraint = structured.tool_call_constraint(
-            forced, loaded.tool_format or "hermes", getattr(request, "parallel_tool_calls", None)
-        )
+        # A named function is called once (as OpenAI and vLLM do); "required" may call several
+        # unless parallel_tool_calls is false.
+        parallel = False if isinstance(choice, dict) else getattr(request, "parallel_tool_calls", None)
+        constraint = structured.tool_call_constraint(forced, loaded.tool_format or "hermes", parallel)
     else:
         constraint = given[0] if given else None
     if constraint is not None and not loaded.constraints:
