@@ -343,7 +343,10 @@ def test_smollm2_json_schema_ten_of_ten_seeds(tmp_path):
             "landmarks": {"type": "array", "items": {"type": "string", "maxLength": 24}, "maxItems": 3},
             "location": {
                 "type": "object",
-                "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}},
+                "properties": {
+                    "lat": {"type": "integer", "minimum": -90, "maximum": 90},
+                    "lon": {"type": "integer", "minimum": -180, "maximum": 180},
+                },
                 "required": ["lat", "lon"],
                 "additionalProperties": False,
             },
