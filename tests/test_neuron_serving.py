@@ -284,7 +284,7 @@ def test_unknown_model_is_404_model_not_found(client):
             "temperature",
         ),
         (b'{"model": "echo/plain", "messages": [{"role": "wizard", "content": "x"}]}', 400, "role"),
-        (b'{"model": "echo/plain", "messages": [{"role": "user", "content": "x"}], "n": 3}', 400, "n=3"),
+        (b'{"model": "echo/plain", "messages": [{"role": "user", "content": "x"}], "n": 99}', 400, "n=99"),
         (b"[1, 2, 3]", 400, "object"),
     ],
 )

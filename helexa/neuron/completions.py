@@ -9,9 +9,23 @@ from typing import Any
 import msgspec
 
 from helexa.errors import ApiError
-from helexa.neuron.harness import Prompt
+from helexa.neuron.choices import Choices, completion_logprobs, interleaved
+from helexa.neuron.harness import Prompt, TokenLogprob
 from helexa.neuron.models import Generation, ModelManager
-from helexa.neuron.serving import DONE, Finish, Job, error_frame, events, job_for, new_id, refuse_unsupported
+from helexa.neuron.serving import (
+    DONE,
+    Finish,
+    Job,
+    Logprobs,
+    constraint_for,
+    error_frame,
+    events,
+    gather_choices,
+    job_for,
+    new_id,
+    refuse_unsupported,
+    total_usage,
+)
 from helexa.wire import openai as oa
 
 
@@ -36,38 +50,52 @@ async def prepare_completion(manager: ModelManager, request: oa.CompletionReques
         prompt = await manager.harness_of(entry).tokenize(request.model, str(source))
     job = job_for(manager, entry, request, prompt, None, started)
     job.reasoning = False
+    job.constraint = constraint_for(request, None, entry)
     return job
 
 
-async def completion(manager: ModelManager, job: Job, generation: Generation, echo: bool) -> dict[str, Any]:
+async def _choice(
+    manager: ModelManager, job: Job, generation: Generation, index: int, echo: bool
+) -> tuple[dict[str, Any], Finish]:
     parts = [job.prompt.text] if echo else []
+    entries: list[TokenLogprob] = []
     finish: Finish | None = None
     async for event in events(manager, job, generation):
         if isinstance(event, Finish):
             finish = event
+        elif isinstance(event, Logprobs):
+            entries.extend(event.entries)
         else:
             parts.append(event.text)
     assert finish is not None
+    offset = len(job.prompt.text) if echo else 0
+    choice = {
+        "index": index,
+        "text": "".join(parts),
+        "finish_reason": finish.reason,
+        "logprobs": completion_logprobs(entries, offset) if job.sampling.logprobs is not None else None,
+        "stop_reason": finish.stop_sequence,
+    }
+    return choice, finish
+
+
+async def completion(manager: ModelManager, job: Job, generations: Choices, echo: bool) -> dict[str, Any]:
+    try:
+        done = await gather_choices([_choice(manager, job, g, i, echo) for i, g in enumerate(generations)])
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
     return {
         "id": new_id("cmpl"),
         "object": "text_completion",
         "created": int(time.time()),
         "model": job.model,
-        "choices": [
-            {
-                "index": 0,
-                "text": "".join(parts),
-                "finish_reason": finish.reason,
-                "logprobs": None,
-                "stop_reason": finish.stop_sequence,
-            }
-        ],
-        "usage": msgspec.to_builtins(finish.usage),
+        "choices": [choice for choice, _ in done],
+        "usage": msgspec.to_builtins(total_usage([finish for _, finish in done])),
     }
 
 
 async def completion_stream(
-    manager: ModelManager, job: Job, generation: Generation, echo: bool, include_usage: bool
+    manager: ModelManager, job: Job, generations: Choices, echo: bool, include_usage: bool
 ) -> AsyncIterator[bytes]:
     head = {
         "id": new_id("cmpl"),
@@ -75,25 +103,35 @@ async def completion_stream(
         "created": int(time.time()),
         "model": job.model,
     }
+    offsets = [len(job.prompt.text) if echo else 0] * len(generations)
+    pending: list[list[TokenLogprob]] = [[] for _ in generations]
+    finishes: list[Finish] = []
 
-    def frame(text: str, finish: str | None = None) -> bytes:
-        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+    def frame(index: int, text: str, finish: str | None = None) -> bytes:
+        entries, pending[index] = pending[index], []
+        logprobs = None
+        if job.sampling.logprobs is not None and (entries or finish is None):
+            logprobs = completion_logprobs(entries, offsets[index])
+        offsets[index] += len(text)
+        choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}
         return b"data: " + msgspec.json.encode({**head, "choices": [choice]}) + b"\n\n"
 
     try:
         if echo and job.prompt.text:
-            yield frame(job.prompt.text)
-        async for event in events(manager, job, generation):
-            if isinstance(event, Finish):
-                yield frame("", event.reason)
-                if include_usage:
-                    yield (
-                        b"data: "
-                        + msgspec.json.encode({**head, "choices": [], "usage": event.usage})
-                        + b"\n\n"
-                    )
+            for index in range(len(generations)):
+                choice = {"index": index, "text": job.prompt.text, "finish_reason": None, "logprobs": None}
+                yield b"data: " + msgspec.json.encode({**head, "choices": [choice]}) + b"\n\n"
+        async for index, event in interleaved([events(manager, job, g) for g in generations]):
+            if isinstance(event, Logprobs):
+                pending[index].extend(event.entries)
+            elif isinstance(event, Finish):
+                finishes.append(event)
+                yield frame(index, "", event.reason)
             elif event.text:
-                yield frame(event.text)
+                yield frame(index, event.text)
+        if include_usage:
+            usage = total_usage(finishes)
+            yield b"data: " + msgspec.json.encode({**head, "choices": [], "usage": usage}) + b"\n\n"
         yield DONE
     except ApiError as error:
         yield error_frame(error)

@@ -105,6 +105,10 @@ class LoadedModel(msgspec.Struct, kw_only=True):
     """The model's architecture (``LlamaForCausalLM``), where the harness knows it."""
     runtime: str | None = None
     """How the harness runs it: ``native`` or ``fallback`` (the torch harness's transformers fallback)."""
+    tool_format: str | None = None
+    """The model's tool-call format (``hermes``, ``qwen_xml``: `helexa.neuron.forced_calls`), where known."""
+    constraints: bool = False
+    """Whether the harness honours `Constraint` (structured outputs, forced tool calls)."""
 
 
 class ChatPrompt(msgspec.Struct, kw_only=True):
@@ -137,12 +141,58 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     ignore_eos: bool = False
     min_tokens: int = 0
     stop_token_ids: list[int] = msgspec.field(default_factory=list)
+    logprobs: int | None = None
+    """Report each sampled token's log-probability and this many most likely alternatives (0..20);
+    None: no log-probabilities. They are the model's own (log-softmax of its logits), before
+    temperature, penalties, bias or constraints, as vLLM and OpenAI report them."""
+    logit_bias: dict[int, float] = msgspec.field(default_factory=dict)
+    """Added to the logits of these token ids before sampling (-100 bans, +100 forces)."""
+
+
+class Constraint(msgspec.Struct, kw_only=True, frozen=True):
+    """What the output must match, enforced token by token (structured outputs, forced tool calls).
+
+    ``grammar`` is what a harness compiles: a Lark grammar in llguidance's dialect, where
+    ``%json {schema}`` embeds a JSON schema. ``kind`` and ``schema`` describe the same
+    constraint for harnesses that do not run a grammar engine (the echo harness):
+    ``json`` (``schema`` is the JSON schema), ``regex``, ``grammar`` or ``tool_call``
+    (``tools`` are the functions a call may name, ``tool_format`` the model's call format,
+    ``max_calls`` 1 or None for any number).
+    """
+
+    kind: str
+    grammar: str
+    param: str
+    """The request field it came from, for error messages (``response_format``, ``tool_choice``)."""
+    schema: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_format: str | None = None
+    max_calls: int | None = None
 
 
 class GenerationRequest(msgspec.Struct, kw_only=True):
     request_id: str
     prompt: Prompt
     sampling: SamplingParams
+    constraint: Constraint | None = None
+    group: str | None = None
+    """Requests that share a group (the n choices of one API request) have the same prompt;
+    a harness may compute it once and share its cache between them."""
+
+
+class TopLogprob(msgspec.Struct, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(msgspec.Struct, kw_only=True):
+    """A sampled token's log-probability and the most likely tokens at its position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top: list[TopLogprob] = msgspec.field(default_factory=list)
 
 
 class Delta(msgspec.Struct, kw_only=True):
@@ -157,6 +207,8 @@ class Delta(msgspec.Struct, kw_only=True):
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     cached_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    """One entry per token in ``token_ids`` when the request asked for log-probabilities."""
 
 
 @runtime_checkable

@@ -73,5 +73,45 @@ def resolve_sampling(
         seed=request.seed,
         ignore_eos=request.ignore_eos,
         min_tokens=request.min_tokens,
+        logprobs=logprob_count(request),
+        logit_bias=logit_bias(request.logit_bias),
         **values,
     )
+
+
+MAX_LOGPROBS = 20
+
+
+def logprob_count(request: SamplingFields) -> int | None:
+    """How many alternatives to report per token (None: no log-probabilities).
+
+    Chat takes ``logprobs: true`` and ``top_logprobs``; completions take ``logprobs: N``.
+    """
+    if isinstance(request, ChatCompletionRequest):
+        if request.logprobs not in (None, False, True):
+            raise ApiError(400, "logprobs must be true or false for chat completions", param="logprobs")
+        if request.top_logprobs is not None and not request.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+        return (request.top_logprobs or 0) if request.logprobs else None
+    if request.logprobs is None or request.logprobs is False:
+        return None
+    count = int(request.logprobs)
+    if not 0 <= count <= MAX_LOGPROBS:
+        raise ApiError(400, f"logprobs must be between 0 and {MAX_LOGPROBS}, got {count}", param="logprobs")
+    return count
+
+
+def logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    """OpenAI's logit_bias (token id strings to -100..100) with ids as integers."""
+    out = {}
+    for key, value in (bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise ApiError(
+                400, f"logit_bias keys must be token ids, got {key!r}", param="logit_bias"
+            ) from None
+        if token < 0:
+            raise ApiError(400, f"logit_bias token id {token} is negative", param="logit_bias")
+        out[token] = float(value)
+    return out

@@ -9,6 +9,7 @@ builds answers (whole, or as a stream of SSE bytes).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -19,7 +20,16 @@ from typing import Any
 import msgspec
 
 from helexa.errors import ApiError
-from helexa.neuron.harness import ChatPrompt, GenerationRequest, Prompt, SamplingParams
+from helexa.neuron import structured
+from helexa.neuron.choices import Choices, chat_logprobs, interleaved
+from helexa.neuron.harness import (
+    ChatPrompt,
+    Constraint,
+    GenerationRequest,
+    Prompt,
+    SamplingParams,
+    TokenLogprob,
+)
 from helexa.neuron.models import Generation, ModelEntry, ModelManager
 from helexa.neuron.parsing import Event, OutputParser, StopMatcher, prompt_in_reasoning
 from helexa.neuron.sampling import context_error, resolve_sampling
@@ -28,11 +38,21 @@ from helexa.wire import openai as oa
 DONE = b"data: [DONE]\n\n"
 
 
+MAX_CHOICES = 16
+
+
 @dataclass
 class Finish:
     reason: str
     usage: oa.Usage
     stop_sequence: str | None
+
+
+@dataclass
+class Logprobs:
+    """Log-probabilities of the tokens a delta brought (they travel beside the text events)."""
+
+    entries: list[TokenLogprob]
 
 
 @dataclass
@@ -48,13 +68,64 @@ class Job:
     started: float
     reasoning: bool = True
     """Split reasoning from content (chat); completions return the raw text."""
+    constraint: Constraint | None = None
+    n: int = 1
+    single_call: bool = False
+    """``parallel_tool_calls: false``: generation ends at the first complete tool call."""
 
 
 def refuse_unsupported(request: oa.SamplingFields) -> None:
-    if request.n != 1:
-        raise ApiError(400, f"n={request.n} is not supported; send {request.n} requests instead", param="n")
-    if request.logprobs:
-        raise ApiError(400, "logprobs are not supported by this server", param="logprobs")
+    if request.n > MAX_CHOICES:
+        raise ApiError(400, f"n={request.n} is more than the {MAX_CHOICES} choices allowed", param="n")
+    if request.best_of is not None and request.best_of > 1:
+        raise ApiError(
+            400,
+            f"best_of={request.best_of} is not supported (choices are never generated and discarded); "
+            "use n to get several choices",
+            param="best_of",
+        )
+
+
+def constraint_for(
+    request: oa.SamplingFields, tools: list[dict[str, Any]] | None, entry: ModelEntry
+) -> Constraint | None:
+    """The constraint a request asks for: a forced tool call, or a response format (not both)."""
+    loaded = entry.loaded
+    assert loaded is not None
+    choice = getattr(request, "tool_choice", None)
+    forced = structured.forced_tools(tools or [], choice) if choice not in (None, "auto", "none") else None
+    if choice not in (None, "auto", "none") and not tools:
+        raise ApiError(400, f"tool_choice {choice!r} needs tools to choose from", param="tool_choice")
+    formats = [
+        structured.response_format_constraint(getattr(request, "response_format", None)),
+        structured.guided_constraint(request.structured_outputs),
+    ]
+    given = [c for c in formats if c is not None]
+    if len(given) > 1:
+        raise ApiError(
+            400, "give either response_format or structured_outputs, not both", param="structured_outputs"
+        )
+    if forced and given:
+        raise ApiError(
+            400,
+            "a forced tool_choice and a response format cannot both constrain one answer",
+            param="tool_choice",
+        )
+    if forced:
+        # A named function is called once (as OpenAI and vLLM do); "required" may call several
+        # unless parallel_tool_calls is false.
+        parallel = False if isinstance(choice, dict) else getattr(request, "parallel_tool_calls", None)
+        constraint = structured.tool_call_constraint(forced, loaded.tool_format or "hermes", parallel)
+    else:
+        constraint = given[0] if given else None
+    if constraint is not None and not loaded.constraints:
+        raise ApiError(
+            400,
+            f"{constraint.param}: the {entry.harness} harness serving {entry.spec.model_id!r} "
+            "cannot constrain its output",
+            param=constraint.param,
+        )
+    return constraint
 
 
 def message_dicts(messages: list[oa.ChatMessage], vision: bool) -> list[dict[str, Any]]:
@@ -118,31 +189,25 @@ def _stops(stop: str | list[str] | None) -> list[str]:
 async def prepare_chat(manager: ModelManager, request: oa.ChatCompletionRequest) -> Job:
     started = time.monotonic()
     refuse_unsupported(request)
-    if request.response_format and request.response_format.get("type") not in (None, "text"):
-        raise ApiError(400, "response_format other than text is not supported yet", param="response_format")
     if not request.messages:
         raise ApiError(400, "messages must not be empty", param="messages")
     entry = manager.get(request.model)
     loaded = entry.loaded
     assert loaded is not None
     tools = [msgspec.to_builtins(t) for t in request.tools] if request.tools else None
-    if (
-        tools
-        and request.tool_choice not in (None, "auto", "required", "none")
-        and not isinstance(request.tool_choice, dict)
-    ):
-        raise ApiError(
-            400,
-            f"tool_choice {request.tool_choice!r} is not one of auto, required, none or a named function",
-            param="tool_choice",
-        )
+    constraint = constraint_for(request, tools, entry)
+    if request.tool_choice == "none":
+        tools = None  # the model is not told about tools it may not call
     chat = ChatPrompt(
         messages=message_dicts(request.messages, "vision" in loaded.capabilities),
         tools=tools,
         template_kwargs=request.chat_template_kwargs or {},
     )
     prompt = await manager.harness_of(entry).tokenize(request.model, chat)
-    return job_for(manager, entry, request, prompt, tools if request.tool_choice != "none" else None, started)
+    job = job_for(manager, entry, request, prompt, tools, started)
+    job.constraint = constraint
+    job.single_call = bool(tools) and request.parallel_tool_calls is False
+    return job
 
 
 def job_for(
@@ -168,16 +233,42 @@ def job_for(
         stops=_stops(request.stop),
         tools=tools,
         started=started,
+        n=request.n,
     )
 
 
-def start(manager: ModelManager, job: Job) -> Generation:
-    """Admit the job (429 now, before any header, when the model is full)."""
-    request = GenerationRequest(request_id=secrets.token_hex(8), prompt=job.prompt, sampling=job.sampling)
-    return manager.generate(job.entry, request)
+def _seed(seed: int | None, index: int) -> int | None:
+    """Choice ``index``'s seed: distinct per choice, reproducible, still a signed 64-bit value."""
+    if seed is None or index == 0:
+        return seed
+    return (seed + index + 2**63) % 2**64 - 2**63
 
 
-async def events(manager: ModelManager, job: Job, generation: Generation) -> AsyncIterator[Event | Finish]:
+def start(manager: ModelManager, job: Job) -> Choices:
+    """Admit the job's choices (429 now, before any header, when the model is full)."""
+    group = secrets.token_hex(8) if job.n > 1 else None
+    choices = Choices()
+    try:
+        for index in range(job.n):
+            sampling = msgspec.structs.replace(job.sampling, seed=_seed(job.sampling.seed, index))
+            request = GenerationRequest(
+                request_id=secrets.token_hex(8),
+                prompt=job.prompt,
+                sampling=sampling,
+                constraint=job.constraint,
+                group=group,
+            )
+            choices.append(manager.generate(job.entry, request))
+    except BaseException:
+        for generation in choices:
+            generation.ticket.release()
+        raise
+    return choices
+
+
+async def events(
+    manager: ModelManager, job: Job, generation: Generation
+) -> AsyncIterator[Event | Logprobs | Finish]:
     """Parsed output of a generation, ending with a `Finish`; always closes the generation."""
     loaded = job.entry.loaded
     assert loaded is not None
@@ -194,9 +285,16 @@ async def events(manager: ModelManager, job: Job, generation: Generation) -> Asy
                 metrics.ttft.labels(model).observe(time.monotonic() - job.started)
             completion += len(delta.token_ids)
             cached = delta.cached_tokens or cached
+            if delta.logprobs:
+                yield Logprobs(delta.logprobs)
             for event in parser.feed(stops.feed(delta.text)):
                 called = called or event.kind == "tool_call"
                 yield event
+                if called and job.single_call:
+                    break
+            if called and job.single_call:  # parallel_tool_calls false: one call, then the answer ends
+                reason, generation.finished = "stop", True
+                break
             if stops.matched is not None:
                 reason, generation.finished = "stop", True
                 break
@@ -213,7 +311,7 @@ async def events(manager: ModelManager, job: Job, generation: Generation) -> Asy
             f"generation for {model!r} stopped before it finished (was the model unloaded?)",
             code="generation_aborted",
         )
-    for event in parser.feed(stops.flush()) + parser.finish():
+    for event in [] if called and job.single_call else parser.feed(stops.flush()) + parser.finish():
         called = called or event.kind == "tool_call"
         yield event
     if called and reason == "stop":
@@ -232,12 +330,28 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
-async def chat_completion(manager: ModelManager, job: Job, generation: Generation) -> dict[str, Any]:
-    content, reasoning, calls = [], [], []
+def total_usage(finishes: list[Finish]) -> oa.Usage:
+    """One request's usage over its choices: the prompt counted once, every choice's tokens."""
+    first = finishes[0].usage
+    completion = sum(f.usage.completion_tokens for f in finishes)
+    return oa.Usage(
+        prompt_tokens=first.prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=first.prompt_tokens + completion,
+        prompt_tokens_details=first.prompt_tokens_details,
+    )
+
+
+async def _chat_choice(
+    manager: ModelManager, job: Job, generation: Generation, index: int
+) -> tuple[dict, Finish]:
+    content, reasoning, calls, logprobs = [], [], [], []
     finish: Finish | None = None
     async for event in events(manager, job, generation):
         if isinstance(event, Finish):
             finish = event
+        elif isinstance(event, Logprobs):
+            logprobs.extend(event.entries)
         elif event.kind == "content":
             content.append(event.text)
         elif event.kind == "reasoning":
@@ -259,21 +373,37 @@ async def chat_completion(manager: ModelManager, job: Job, generation: Generatio
         message["reasoning_content"] = "".join(reasoning)
     if calls:
         message["tool_calls"] = calls
+    choice = {
+        "index": index,
+        "message": message,
+        "finish_reason": finish.reason,
+        "logprobs": chat_logprobs(logprobs) if job.sampling.logprobs is not None else None,
+        "stop_reason": finish.stop_sequence,
+    }
+    return choice, finish
+
+
+async def gather_choices(coroutines: list[Any]) -> list[Any]:
+    """Run the choices side by side; if one fails the others are cancelled (closing their generations)."""
+    if len(coroutines) == 1:
+        return [await coroutines[0]]
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(c) for c in coroutines]
+    return [t.result() for t in tasks]
+
+
+async def chat_completion(manager: ModelManager, job: Job, generations: Choices) -> dict[str, Any]:
+    try:
+        done = await gather_choices([_chat_choice(manager, job, g, i) for i, g in enumerate(generations)])
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
     return {
         "id": new_id("chatcmpl"),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": job.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": finish.reason,
-                "logprobs": None,
-                "stop_reason": finish.stop_sequence,
-            }
-        ],
-        "usage": msgspec.to_builtins(finish.usage),
+        "choices": [choice for choice, _ in done],
+        "usage": msgspec.to_builtins(total_usage([finish for _, finish in done])),
     }
 
 
@@ -289,9 +419,21 @@ class ChunkWriter:
         }
 
     def frame(
-        self, delta: dict[str, Any], finish: str | None = None, usage: oa.Usage | None = None, **extra: Any
+        self,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        usage: oa.Usage | None = None,
+        index: int = 0,
+        logprobs: list[TokenLogprob] | None = None,
+        **extra: Any,
     ) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish, **extra}
+        choice = {
+            "index": index,
+            "delta": delta,
+            "logprobs": chat_logprobs(logprobs) if logprobs else None,
+            "finish_reason": finish,
+            **extra,
+        }
         chunk = {**self.head, "choices": [choice]}
         if usage is not None:
             chunk["usage"] = usage
@@ -306,44 +448,51 @@ def error_frame(error: ApiError) -> bytes:
 
 
 async def chat_stream(
-    manager: ModelManager, job: Job, generation: Generation, options: oa.StreamOptions | None
+    manager: ModelManager, job: Job, generations: Choices, options: oa.StreamOptions | None
 ) -> AsyncIterator[bytes]:
     writer = ChunkWriter(job.model)
-    calls = 0
+    calls = [0] * len(generations)
+    pending: list[list[TokenLogprob]] = [[] for _ in generations]
+    finishes: list[Finish] = []
     include_usage = bool(options and options.include_usage)
     try:
-        first = writer.frame({"role": "assistant", "content": ""})
-        if include_usage and options.continuous_usage_stats:  # vLLM-style: the prompt size, at once
-            prompt = len(job.prompt.token_ids)
-            first = writer.frame(
-                {"role": "assistant", "content": ""},
-                usage=oa.Usage(prompt_tokens=prompt, completion_tokens=0, total_tokens=prompt),
-            )
-        yield first
-        async for event in events(manager, job, generation):
+        for index in range(len(generations)):
+            usage = None
+            if include_usage and options.continuous_usage_stats:  # vLLM-style: the prompt size, at once
+                prompt = len(job.prompt.token_ids)
+                usage = oa.Usage(prompt_tokens=prompt, completion_tokens=0, total_tokens=prompt)
+            yield writer.frame({"role": "assistant", "content": ""}, usage=usage, index=index)
+        streams = [events(manager, job, g) for g in generations]
+        async for index, event in interleaved(streams):
+            if isinstance(event, Logprobs):
+                pending[index].extend(event.entries)
+                continue
+            logprobs, pending[index] = pending[index], []
             if isinstance(event, Finish):
-                yield writer.frame({}, event.reason, stop_reason=event.stop_sequence)
-                if include_usage:
-                    yield writer.usage(event.usage)
+                finishes.append(event)
+                yield writer.frame(
+                    {}, event.reason, index=index, logprobs=logprobs, stop_reason=event.stop_sequence
+                )
             elif event.kind == "content":
-                yield writer.frame({"content": event.text})
+                yield writer.frame({"content": event.text}, index=index, logprobs=logprobs)
             elif event.kind == "reasoning":
-                yield writer.frame({"reasoning_content": event.text})
+                yield writer.frame({"reasoning_content": event.text}, index=index, logprobs=logprobs)
             elif event.call is not None:
                 call = event.call
-                yield writer.frame(
-                    {
-                        "tool_calls": [
-                            {
-                                "index": calls,
-                                "id": call.id,
-                                "type": "function",
-                                "function": {"name": call.name, "arguments": call.arguments},
-                            }
-                        ]
-                    }
-                )
-                calls += 1
+                delta = {
+                    "tool_calls": [
+                        {
+                            "index": calls[index],
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": call.arguments},
+                        }
+                    ]
+                }
+                yield writer.frame(delta, index=index, logprobs=logprobs)
+                calls[index] += 1
+        if include_usage:
+            yield writer.usage(total_usage(finishes))
         yield DONE
     except ApiError as error:
         yield error_frame(error)

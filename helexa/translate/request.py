@@ -163,6 +163,26 @@ def tool_choice(choice: dict[str, Any] | None) -> tuple[Any, bool | None]:
     raise _invalid(f"tool_choice.type must be auto, any, none or tool, got {kind!r}", "tool_choice.type")
 
 
+def response_format(output_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI ``response_format`` for Anthropic's ``output_config.format`` (structured outputs)."""
+    spec = (output_config or {}).get("format")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or spec.get("type") != "json_schema":
+        kind = spec.get("type") if isinstance(spec, dict) else spec
+        raise _invalid(
+            f"output_config.format.type must be json_schema, got {kind!r}", "output_config.format.type"
+        )
+    if not isinstance(spec.get("schema"), dict):
+        raise _invalid(
+            "output_config.format.schema must be a JSON schema object", "output_config.format.schema"
+        )
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": spec["schema"], "strict": True},
+    }
+
+
 def thinking_kwargs(thinking: dict[str, Any] | None) -> dict[str, Any] | None:
     if thinking is None:
         return None
@@ -203,6 +223,9 @@ def to_openai(request: MessagesRequest, model: str) -> dict[str, Any]:
             body["tool_choice"] = choice
         if parallel is not None:
             body["parallel_tool_calls"] = parallel
+    structured = response_format(request.output_config)
+    if structured:
+        body["response_format"] = structured
     kwargs = thinking_kwargs(request.thinking)
     if kwargs:
         body["chat_template_kwargs"] = kwargs

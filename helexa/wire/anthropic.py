@@ -32,6 +32,8 @@ class MessagesRequest(msgspec.Struct, kw_only=True):
     thinking: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     service_tier: str | None = None
+    output_config: dict[str, Any] | None = None
+    """``format``: structured output (``{"type": "json_schema", "schema": ...}``)."""
 
 
 class CountTokensRequest(msgspec.Struct, kw_only=True):

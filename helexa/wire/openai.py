@@ -84,6 +84,12 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     ignore_eos: bool = False
     min_tokens: Annotated[int, Meta(ge=0)] = 0
     logprobs: bool | int | None = None
+    """Chat: true to report log-probabilities; completions: how many alternatives (0..20)."""
+    logit_bias: dict[str, Annotated[float, Meta(ge=-100, le=100)]] | None = None
+    best_of: int | None = None
+    """Refused above 1: choices are never generated and then discarded."""
+    structured_outputs: dict[str, Any] | None = None
+    """vLLM's constraint: one of ``json`` (a schema), ``regex``, ``choice`` or ``grammar`` (Lark)."""
     user: str | None = None
 
 
@@ -95,6 +101,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     parallel_tool_calls: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
 
 
 class CompletionRequest(SamplingFields, kw_only=True):

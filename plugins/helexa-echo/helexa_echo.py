@@ -21,6 +21,14 @@ What it says: the last user message, or a script. Options come from
                        (entry = number of assistant turns so far). Placeholders:
                        ``{last_user}``, ``{last_tool}``, ``{params}`` (the sampling
                        parameters as JSON), ``{prompt_tokens}``
+``tool_format``        the tool-call format it claims (default ``hermes``)
+
+Constraints are honoured the way a model under a grammar would be: a JSON answer says
+the scripted text if it is JSON of the right shape, else the simplest value of the
+schema; a forced tool call says the scripted call if it names an allowed tool, else a
+call of the first allowed tool with the simplest arguments. Regex and Lark grammars
+need a grammar engine and are refused (400). Log-probabilities are 0.0 (the echo is
+certain of every token).
 """
 
 from __future__ import annotations
@@ -36,14 +44,18 @@ from typing import Any
 import msgspec
 
 from helexa import hookimpl
+from helexa.errors import ApiError
 from helexa.neuron.harness import (
     ChatPrompt,
+    Constraint,
     Delta,
     GenerationRequest,
     HarnessContext,
     LoadedModel,
     LoadProgress,
     Prompt,
+    TokenLogprob,
+    TopLogprob,
 )
 from helexa.wire.fleet import ModelSpec
 
@@ -55,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "fail_load": None,
     "capabilities": ["text", "tools"],
     "script": None,
+    "tool_format": "hermes",
 }
 # A token is a marker like <think>, a word with its leading space, one punctuation mark, or whitespace.
 PLACEHOLDER = re.compile(r"\{(last_user|last_tool|params|prompt_tokens)\}")
@@ -120,6 +133,8 @@ class EchoHarness:
             capabilities=list(options["capabilities"]),
             max_model_len=int(options["max_model_len"]),
             think_markers=("<think>", "</think>"),
+            tool_format=str(options["tool_format"]),
+            constraints=True,
         )
 
     async def unload(self, model_id: str) -> None:
@@ -138,7 +153,10 @@ class EchoHarness:
 
     async def generate(self, model_id: str, request: GenerationRequest) -> AsyncIterator[Delta]:
         options = self._options(model_id)
-        pieces = split_tokens(self._text(options, request)) or [" "]
+        text = self._text(options, request)
+        if request.constraint is not None:
+            text = constrained(text, request.constraint)
+        pieces = split_tokens(text) or [" "]
         sampling = request.sampling
         rate = float(options["tokens_per_second"])
         delay = 1.0 / rate if rate > 0 else 0.0
@@ -155,11 +173,16 @@ class EchoHarness:
             await asyncio.sleep(max(0.0, started + (i + 1) * delay - time.monotonic()) if delay else 0)
             piece = pieces[i % len(pieces)]
             last = i == count - 1
+            logprobs = None
+            if sampling.logprobs is not None:
+                top = [TopLogprob(token=piece, logprob=0.0)] if sampling.logprobs else []
+                logprobs = [TokenLogprob(token=piece, logprob=0.0, bytes=list(piece.encode()), top=top)]
             yield Delta(
                 text=piece,
                 token_ids=[token_id(piece)],
                 finish_reason=finish if last else None,
                 prompt_tokens=len(request.prompt.token_ids) if last else None,
+                logprobs=logprobs,
             )
 
     def _options(self, model_id: str) -> dict[str, Any]:
@@ -187,6 +210,86 @@ class EchoHarness:
 
     async def close(self) -> None:
         self.models.clear()
+
+
+def simplest(schema: Any) -> Any:
+    """The simplest value a JSON schema accepts (what a model forced by it could say)."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return simplest(schema[key][0])
+    kind = schema.get("type", "object")
+    kind = kind[0] if isinstance(kind, list) else kind
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {k: simplest(properties.get(k, {})) for k in schema.get("required", [])}
+    if kind == "array":
+        return [simplest(schema.get("items", {})) for _ in range(int(schema.get("minItems", 0)))]
+    return {"string": "", "integer": 0, "number": 0, "boolean": False}.get(kind)
+
+
+def _shaped(value: Any, schema: dict[str, Any]) -> bool:
+    """A light check that scripted JSON fits a schema: type, enum and required keys, recursively."""
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    kind = schema.get("type")
+    types = {
+        "object": dict,
+        "array": list,
+        "string": str,
+        "boolean": bool,
+        "integer": int,
+        "number": (int, float),
+    }
+    if isinstance(kind, str) and kind in types and not isinstance(value, types[kind]):
+        return False
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        if any(k not in value for k in schema.get("required", [])):
+            return False
+        return all(_shaped(v, properties.get(k, {})) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_shaped(v, schema.get("items", {})) for v in value)
+    return True
+
+
+def constrained(text: str, constraint: Constraint) -> str:
+    if constraint.kind == "json":
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if value is None or not _shaped(value, constraint.schema or {}):
+            value = simplest(constraint.schema)
+        return json.dumps(value)
+    if constraint.kind == "tool_call":
+        return _forced_call(text, constraint)
+    raise ApiError(
+        400,
+        f"{constraint.param}: the echo harness cannot follow {constraint.kind} constraints",
+        param=constraint.param,
+    )
+
+
+def _forced_call(text: str, constraint: Constraint) -> str:
+    tools = {t["function"]["name"]: t["function"] for t in constraint.tools or []}
+    scripted = re.search(r'"name":\s*"([^"]+)"', text)
+    if scripted and scripted[1] in tools and "<tool_call>" in text:
+        return text[text.index("<tool_call>") :]
+    name, function = next(iter(tools.items()))
+    arguments = simplest(function.get("parameters") or {"type": "object"})
+    if constraint.tool_format == "qwen_xml":
+        params = "".join(
+            f"<parameter={k}>\n{v if isinstance(v, str) else json.dumps(v)}\n</parameter>\n"
+            for k, v in arguments.items()
+        )
+        return f"<tool_call>\n<function={name}>\n{params}</function>\n</tool_call>"
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
 
 
 def _placeholder(key: str, messages: list[dict[str, Any]], request: GenerationRequest) -> str:

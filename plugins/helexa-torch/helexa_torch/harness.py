@@ -6,7 +6,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -23,6 +23,7 @@ from helexa.neuron.harness import (
 )
 from helexa.neuron.parsing import detect_think_markers
 from helexa.wire.fleet import ModelSpec
+from helexa_torch.engine.constraints import GrammarBook
 from helexa_torch.engine.engine import Engine, Output, deliver_each
 from helexa_torch.engine.sequence import Sequence
 from helexa_torch.engine.state_cache import plan_states
@@ -30,7 +31,7 @@ from helexa_torch.loading import Checkpoint, locate, open_checkpoint
 from helexa_torch.models.causal_lm import CausalLM, kv_bytes_per_token
 from helexa_torch.plugin import FALLBACK
 from helexa_torch.sizing import MB, available_cores, kv_budget, resident_mb, resolve_dtype
-from helexa_torch.text import Detokenizer, encode_text, render_chat
+from helexa_torch.text import Detokenizer, TokenTexts, encode_text, render_chat, tool_format
 
 log = logging.getLogger("helexa.torch")
 
@@ -58,6 +59,9 @@ class Served:
     vocab_size: int
     threads: int | None
     """CPU threads the operator fixed for this model, or None for a fair share."""
+    groups: dict[str, Sequence] = field(default_factory=dict)
+    """The first sequence of each group of n choices still prefilling, which its siblings wait for."""
+    grammar_ready: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class TorchHarness:
@@ -227,6 +231,8 @@ class TorchHarness:
             else None,
             architecture=getattr(model, "architecture_name", cls.__name__),
             runtime="fallback" if cls.__name__ == FALLBACK else "native",
+            tool_format=tool_format(tokenizer.chat_template or ""),
+            constraints=True,
         )
         log.info(
             "%s: %s (%s) on %s, %d MB weights, KV cache %d tokens (%d B/token)",
@@ -292,6 +298,14 @@ class TorchHarness:
                 param="prompt",
                 code="invalid_token_id",
             )
+        biased = [t for t in request.sampling.logit_bias if not 0 <= t < served.vocab_size]
+        if biased:
+            raise ApiError(
+                400,
+                f"logit_bias names token id {biased[0]}, outside this model's vocabulary "
+                f"(0..{served.vocab_size - 1})",
+                param="logit_bias",
+            )
         seq = Sequence(
             id=request.request_id or secrets.token_hex(8),
             token_ids=list(prompt),
@@ -299,10 +313,16 @@ class TorchHarness:
             emit=emit,
             loop=asyncio.get_running_loop(),
         )
+        if request.constraint is not None:
+            seq.matcher = await off_loop((await self._grammar(served)).matcher, request.constraint)
+        if request.group is not None:
+            head = served.groups.setdefault(request.group, seq)
+            seq.after = head if head is not seq else None
         detokenizer = Detokenizer(served.tokenizer, prompt)
+        texts = TokenTexts(served.tokenizer) if request.sampling.logprobs is not None else None
         eos = served.engine.eos_ids
         served.engine.submit(seq)
-        finished = False
+        finished, count = False, 0
         try:
             while not finished:
                 tokens, finish, error = await outputs.get()
@@ -311,16 +331,29 @@ class TorchHarness:
                 finished = finish is not None
                 visible = [t for t in tokens if not (finish == "stop" and t in eos)]
                 text = detokenizer.add(visible, final=finished)
+                count += len(tokens)
                 yield Delta(
                     text=text,
                     token_ids=tokens,
                     finish_reason=finish,
                     prompt_tokens=len(prompt) if finished else None,
                     cached_tokens=seq.cached_prompt,
+                    logprobs=texts.entries(seq.logprobs[count - len(tokens) : count]) if texts else None,
                 )
         finally:
+            if request.group is not None and served.groups.get(request.group) is seq:
+                del served.groups[request.group]
             if not finished:
                 served.engine.abort(seq)
+
+    async def _grammar(self, served: Served) -> GrammarBook:
+        """The model's grammar tokenizer, built on first use (about a second) and kept."""
+        async with served.grammar_ready:
+            if served.engine.grammar is None:
+                served.engine.grammar = await off_loop(
+                    GrammarBook, served.tokenizer, served.vocab_size, served.engine.eos_ids
+                )
+        return served.engine.grammar
 
     def memory(self) -> dict[str, dict[int, int]]:
         return {model_id: dict(served.loaded.memory_mb) for model_id, served in self.models.items()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from helexa.errors import ApiError
-from helexa.neuron.harness import ChatPrompt, Prompt
+from helexa.neuron.harness import ChatPrompt, Prompt, TokenLogprob, TopLogprob
 
 
 def render_chat(tokenizer: Any, chat: ChatPrompt) -> Prompt:
@@ -64,3 +64,69 @@ class Detokenizer:
             self.prefix, self.read = self.read, len(self.ids)
             return after[len(before) :]
         return ""
+
+
+def tool_format(template: str) -> str | None:
+    """The tool-call format a chat template teaches its model, for forcing calls (None: no tools)."""
+    if "tools" not in template:
+        return None
+    if "<function=" in template:
+        return "qwen_xml"
+    if "[TOOL_CALLS]" in template:
+        return "mistral"
+    if "<tool_call>" in template or "tool_call" in template:
+        return "hermes"
+    if "<|python_tag|>" in template or "ipython" in template:
+        return "llama3_json"
+    return "hermes"
+
+
+class TokenTexts:
+    """Log-probability entries with each token's text and bytes (as OpenAI reports them)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.cache: dict[int, tuple[str, list[int]]] = {}
+
+    def text(self, token: int) -> tuple[str, list[int]]:
+        found = self.cache.get(token)
+        if found is None:
+            piece = self.tokenizer.convert_ids_to_tokens(token)
+            text = self.tokenizer.convert_tokens_to_string([piece]) if piece is not None else ""
+            data = _token_bytes(self.tokenizer, piece) if piece is not None else []
+            found = self.cache[token] = (text, data if data is not None else list(text.encode()))
+        return found
+
+    def entries(self, raw: list[tuple[int, float, list[int], list[float]]]) -> list[TokenLogprob]:
+        out = []
+        for token, logprob, top_ids, top_values in raw:
+            text, data = self.text(token)
+            top = [
+                TopLogprob(token=t, logprob=v, bytes=b)
+                for t, b, v in ((*self.text(i), v) for i, v in zip(top_ids, top_values, strict=True))
+            ]
+            out.append(TokenLogprob(token=text, logprob=logprob, bytes=data, top=top))
+        return out
+
+
+_BYTE_DECODER: dict[str, int] | None = None
+
+
+def _token_bytes(tokenizer: Any, piece: str) -> list[int] | None:
+    """A byte-level BPE token's exact bytes (part of a UTF-8 character decodes to U+FFFD otherwise)."""
+    global _BYTE_DECODER
+    if _BYTE_DECODER is None:
+        printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+        codes, extra = list(printable), 0
+        for b in range(256):
+            if b not in printable:
+                printable.append(b)
+                codes.append(256 + extra)
+                extra += 1
+        _BYTE_DECODER = {chr(c): b for b, c in zip(printable, codes, strict=True)}
+    if piece in getattr(tokenizer, "all_special_tokens", ()):
+        return list(piece.encode())
+    try:
+        return [_BYTE_DECODER[c] for c in piece]
+    except KeyError:  # not a byte-level vocabulary (SentencePiece): the text's bytes will do
+        return None

@@ -72,18 +72,6 @@ def engine_of(harness) -> Engine:
     return harness.models["tiny/model"].engine
 
 
-def arun(harness, coro):
-    """Run ``coro`` on a fresh event loop, with the engine delivering to that loop (as a server's would)."""
-    from helexa_torch.engine.engine import deliver_each
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        engine_of(harness).deliver = lambda outputs: loop.call_soon_threadsafe(deliver_each, outputs)
-        return await coro
-
-    return asyncio.run(main())
-
-
 def test_chunked_prompt_logits_match_transformers(loaded):
     hf, harness = loaded
     ids = prompt(1, 70, hf.config.vocab_size)
@@ -111,7 +99,7 @@ def test_concurrent_greedy_matches_generate(loaded):
     hf, harness = loaded
     prompts = [prompt(10 + i, n, hf.config.vocab_size) for i, n in enumerate(PROMPT_LENGTHS)]
     expected = [hf_greedy(hf, p, 24) for p in prompts]
-    assert arun(harness, generate_all(harness, prompts, 24)) == expected
+    assert asyncio.run(generate_all(harness, prompts, 24)) == expected
     engine = engine_of(harness)
     assert engine.blocks.free_state_slots == engine.blocks.budget.slots  # every slot came back
 
@@ -133,15 +121,15 @@ def test_prefix_hit_restores_states_and_gives_the_same_tokens(loaded):
     hf, harness = loaded
     vocab = hf.config.vocab_size
     first = prompt(50, 42, vocab)
-    tokens, cached = arun(harness, _generate(harness, first, 8, "first"))
+    tokens, cached = asyncio.run(_generate(harness, first, 8, "first"))
     assert cached == 0 and tokens == hf_greedy(hf, first, 8)
     # A longer prompt that shares the first one's prompt: it resumes at its last block boundary.
     second = first + prompt(51, 11, vocab)
-    tokens, cached = arun(harness, _generate(harness, second, 12, "second"))
+    tokens, cached = asyncio.run(_generate(harness, second, 12, "second"))
     assert cached == 40
     assert tokens == hf_greedy(hf, second, 12)
     # The same prompt again hits too, and still decodes exactly as without the cache.
-    tokens, cached = arun(harness, _generate(harness, first, 8, "again"))
+    tokens, cached = asyncio.run(_generate(harness, first, 8, "again"))
     assert cached == 40 and tokens == hf_greedy(hf, first, 8)
 
 
@@ -164,7 +152,7 @@ def test_abort_returns_the_state_slot(loaded):
                 return
             await asyncio.sleep(0.01)
 
-    arun(harness, abandon())
+    asyncio.run(abandon())
     assert engine.blocks.free_state_slots == engine.blocks.budget.slots
     assert not engine.blocks.slot_of
 
@@ -202,7 +190,7 @@ def test_too_few_state_slots_queue_instead_of_failing(qwen3_5, tmp_path):
     try:
         prompts = [prompt(70 + i, n, qwen3_5.config.vocab_size) for i, n in enumerate(PROMPT_LENGTHS[:3])]
         expected = [hf_greedy(qwen3_5, p, 10) for p in prompts]
-        assert arun(harness, generate_all(harness, prompts, 10)) == expected
+        assert asyncio.run(generate_all(harness, prompts, 10)) == expected
         engine = engine_of(harness)
         assert engine.blocks.budget.slots == 1 and engine.blocks.free_state_slots == 1
     finally:

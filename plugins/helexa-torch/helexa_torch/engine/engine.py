@@ -19,6 +19,7 @@ import torch
 
 from helexa_torch.engine.block_manager import BlockManager
 from helexa_torch.engine.hybrid_blocks import HybridBlockManager
+from helexa_torch.engine.constraints import GrammarBook, MaskWorker
 from helexa_torch.engine.runner import ModelRunner
 from helexa_torch.engine.sampler import Sampler
 from helexa_torch.engine.scheduler import Plan, Scheduler
@@ -66,6 +67,9 @@ class Engine:
         )
         self.scheduler = Scheduler(self.blocks, max_num_seqs, max_batched_tokens)
         self.sampler = Sampler(device, eos_ids)
+        self.grammar: GrammarBook | None = None
+        """Set by the harness before it submits the model's first constrained sequence."""
+        self.masks = MaskWorker()
         self.inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self.wake = threading.Event()
         self.steps = 0
@@ -120,6 +124,7 @@ class Engine:
     def stop(self) -> None:
         self.close()
         self.thread.join(timeout=30)
+        self.masks.close()
 
     # --- the engine thread ------------------------------------------------------
 
@@ -204,8 +209,9 @@ class Engine:
 
     @torch.inference_mode()
     def _forward(self, plan: Plan) -> tuple[list[int], list[Sequence]]:
+        masks = self.masks.start(self.grammar, plan.sampled())  # computed while the model runs
         logits, sampled = self.runner.run(plan)
-        tokens = self.sampler.sample(logits, sampled) if sampled else []
+        tokens = self.sampler.sample(logits, sampled, masks) if sampled else []
         return tokens, sampled
 
     def _commit(self, plan: Plan, sampled: list[Sequence], tokens: list[int], outputs: list[Output]) -> None:

@@ -1,10 +1,13 @@
 """Choosing next tokens on the device: greedy at temperature 0, otherwise temperature, top-k,
-top-p and min-p, with repetition, presence and frequency penalties and per-request seeds."""
+top-p and min-p, with repetition, presence and frequency penalties, logit bias, grammar
+masks for constrained sequences, per-request seeds, and log-probabilities where asked."""
 
 from __future__ import annotations
 
 import torch
 
+from helexa_torch.engine import logprobs
+from helexa_torch.engine.constraints import PendingMasks, advance
 from helexa_torch.engine.sequence import Sequence
 
 NEG_INF = float("-inf")
@@ -27,6 +30,15 @@ def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
             )
             logits[row] -= s.frequency_penalty * counts + s.presence_penalty * (counts > 0).float()
     return logits
+
+
+def apply_bias(logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    """OpenAI's logit_bias: added to the named tokens' logits (ids were checked against the vocabulary)."""
+    for row, seq in enumerate(seqs):
+        bias = seq.sampling.logit_bias
+        if bias:
+            ids = torch.tensor(list(bias), dtype=torch.long, device=logits.device)
+            logits[row, ids] += torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
 
 
 def filter_logits(
@@ -59,11 +71,22 @@ class Sampler:
         self.default_generator = torch.Generator(device=device)
         self.default_generator.seed()
 
-    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    def sample(
+        self, logits: torch.Tensor, seqs: list[Sequence], masks: PendingMasks | None = None
+    ) -> list[int]:
+        asking = logprobs.wanted(seqs)
+        model = logprobs.model_logprobs(logits, asking)  # before anything below changes the logits
+        tokens = self._choose(logits, seqs, masks)
+        logprobs.record(model, asking, seqs, tokens)
+        advance(seqs, tokens)
+        return tokens
+
+    def _choose(self, logits: torch.Tensor, seqs: list[Sequence], masks: PendingMasks | None) -> list[int]:
         logits = logits.float()
-        # Before min_tokens, neither EOS nor a request's stop tokens may be drawn (as vLLM).
+        # Before min_tokens, neither EOS nor a request's stop tokens may be drawn (as vLLM); a grammar
+        # decides where a constrained sequence may end, so min_tokens does not apply to it.
         for row, s in enumerate(seqs):
-            if s.generated < s.sampling.min_tokens:
+            if s.generated < s.sampling.min_tokens and s.matcher is None:
                 if self.eos is not None:
                     logits[row, self.eos] = NEG_INF
                 if s.sampling.stop_token_ids:
@@ -75,6 +98,9 @@ class Sampler:
             for s in seqs
         ):
             logits = apply_penalties(logits, seqs)
+        apply_bias(logits, seqs)
+        if masks is not None:
+            masks.apply(logits, seqs)
         greedy = [s.sampling.temperature <= 0 for s in seqs]
         if all(greedy):
             return logits.argmax(dim=-1).tolist()

@@ -33,6 +33,11 @@ class Plan:
     def sequences(self) -> list[Sequence]:
         return [*self.decode, *(seq for seq, _ in self.prefill)]
 
+    def sampled(self) -> list[Sequence]:
+        """The sequences that get a new token this step: every decode, and prompts whose last chunk runs."""
+        done = [seq for seq, chunk in self.prefill if seq.num_computed + chunk == len(seq.token_ids)]
+        return [*self.decode, *done]
+
     def halves(self) -> tuple[Plan, Plan]:
         """Two plans with this one's sequences split between them (to find the one a step fails on)."""
         middle, decodes = self.size // 2, len(self.decode)
@@ -83,6 +88,12 @@ class Scheduler:
         # Keep a block per running sequence in reserve so decodes can grow after admitting more.
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            if (
+                seq.after is not None
+                and seq.after.status != "finished"
+                and seq.after.num_computed < seq.prompt_len
+            ):
+                break  # a sibling computes this prompt first; its cached blocks are then shared
             if not self.blocks.can_allocate(seq, reserve=len(self.running)):
                 break
             self.waiting.popleft()

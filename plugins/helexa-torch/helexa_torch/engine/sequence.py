@@ -29,6 +29,13 @@ class Sequence:
     finish_reason: str | None = None
     loop: Any = None
     """The event loop of the request's consumer, where ``emit`` must run."""
+    matcher: Any = None
+    """The grammar matcher (llguidance) of a constrained sequence; it advances with each sampled token."""
+    logprobs: list[Any] = field(default_factory=list)
+    """(token, logprob, top ids, top logprobs) per generated token, when the request asked for them;
+    appended on the engine thread before the token is delivered, read by the harness after."""
+    after: Sequence | None = None
+    """A sibling (another of the n choices) whose prompt this one waits for, to reuse its cached blocks."""
 
     def __post_init__(self) -> None:
         self.prompt_len = self.prompt_len or len(self.token_ids)
