@@ -109,11 +109,11 @@ def test_a_failure_inside_the_engine_ends_only_the_request_that_caused_it(served
     sample = engine.sampler.sample
     batches = []
 
-    def poisoned(logits, seqs):
+    def poisoned(logits, seqs, *rest):
         if any(s.sampling.temperature == POISON for s in seqs):
             batches.append(len(seqs))
             raise RuntimeError("injected sampling failure")
-        return sample(logits, seqs)
+        return sample(logits, seqs, *rest)
 
     monkeypatch.setattr(engine.sampler, "sample", poisoned)
     beside = Beside(url)
