@@ -19,10 +19,13 @@ from typing import Any
 import msgspec
 
 from helexa.errors import ApiError
-from helexa.neuron.harness import ChatPrompt, GenerationRequest, Prompt, SamplingParams
+from helexa.neuron.harness import GenerationRequest, Prompt, SamplingParams
 from helexa.neuron.models import Generation, ModelEntry, ModelManager
 from helexa.neuron.parsing import Event, OutputParser, StopMatcher, prompt_in_reasoning
 from helexa.neuron.sampling import context_error, resolve_sampling
+from helexa.neuron.thinking import budget as thinking_budget
+from helexa.neuron.thinking import chat_prompt
+from helexa.neuron.thinking import wrap as thinking_wrap
 from helexa.wire import openai as oa
 
 DONE = b"data: [DONE]\n\n"
@@ -48,6 +51,8 @@ class Job:
     started: float
     reasoning: bool = True
     """Split reasoning from content (chat); completions return the raw text."""
+    thinking_budget: int | None = None
+    """Tokens the think block may take (`helexa.neuron.thinking`); None for no cap."""
 
 
 def refuse_unsupported(request: oa.SamplingFields) -> None:
@@ -126,6 +131,13 @@ async def prepare_chat(manager: ModelManager, request: oa.ChatCompletionRequest)
     loaded = entry.loaded
     assert loaded is not None
     tools = [msgspec.to_builtins(t) for t in request.tools] if request.tools else None
+    if tools and "tools" not in loaded.capabilities:
+        raise ApiError(
+            400,
+            f"model {request.model!r} does not support tools: its chat template has no place for them",
+            code="tools_unsupported",
+            param="tools",
+        )
     if (
         tools
         and request.tool_choice not in (None, "auto", "required", "none")
@@ -136,13 +148,11 @@ async def prepare_chat(manager: ModelManager, request: oa.ChatCompletionRequest)
             f"tool_choice {request.tool_choice!r} is not one of auto, required, none or a named function",
             param="tool_choice",
         )
-    chat = ChatPrompt(
-        messages=message_dicts(request.messages, "vision" in loaded.capabilities),
-        tools=tools,
-        template_kwargs=request.chat_template_kwargs or {},
-    )
+    chat = chat_prompt(request, message_dicts(request.messages, "vision" in loaded.capabilities), tools)
     prompt = await manager.harness_of(entry).tokenize(request.model, chat)
-    return job_for(manager, entry, request, prompt, tools if request.tool_choice != "none" else None, started)
+    job = job_for(manager, entry, request, prompt, tools if request.tool_choice != "none" else None, started)
+    job.thinking_budget = thinking_budget(request, chat.template_kwargs)
+    return job
 
 
 def job_for(
@@ -174,7 +184,7 @@ def job_for(
 def start(manager: ModelManager, job: Job) -> Generation:
     """Admit the job (429 now, before any header, when the model is full)."""
     request = GenerationRequest(request_id=secrets.token_hex(8), prompt=job.prompt, sampling=job.sampling)
-    return manager.generate(job.entry, request)
+    return thinking_wrap(manager.generate(job.entry, request), job)
 
 
 async def events(manager: ModelManager, job: Job, generation: Generation) -> AsyncIterator[Event | Finish]:
@@ -182,7 +192,8 @@ async def events(manager: ModelManager, job: Job, generation: Generation) -> Asy
     loaded = job.entry.loaded
     assert loaded is not None
     think = loaded.think_markers if job.reasoning else None
-    parser = OutputParser(think, prompt_in_reasoning(job.prompt.text, think), job.tools)
+    fmt = manager.tool_formats.get(loaded.tool_format)
+    parser = OutputParser(think, prompt_in_reasoning(job.prompt.text, think), job.tools, fmt)
     stops = StopMatcher(job.stops)
     metrics, model = manager.metrics, job.model
     completion = cached = 0

@@ -22,6 +22,7 @@ from helexa.neuron.harness import (
     Prompt,
 )
 from helexa.neuron.parsing import detect_think_markers
+from helexa.neuron.toolformats import ToolFormats
 from helexa.wire.fleet import ModelSpec
 from helexa_torch.engine.engine import Engine, deliver_each
 from helexa_torch.engine.sequence import Sequence
@@ -29,7 +30,7 @@ from helexa_torch.loading import Checkpoint, locate, open_checkpoint
 from helexa_torch.models.causal_lm import CausalLM, kv_bytes_per_token
 from helexa_torch.plugin import FALLBACK
 from helexa_torch.sizing import MB, available_cores, kv_budget, resident_mb, resolve_dtype
-from helexa_torch.text import Detokenizer, encode_text, render_chat
+from helexa_torch.text import Detokenizer, encode_text, hidden_specials, render_chat
 
 log = logging.getLogger("helexa.torch")
 T = TypeVar("T")
@@ -43,6 +44,8 @@ class Served:
     vocab_size: int
     threads: int | None
     """CPU threads the operator fixed for this model, or None for a fair share."""
+    hidden: frozenset[int] = frozenset()
+    """Special tokens left out of the text; tool and think markers stay, so parsing sees them."""
 
 
 class TorchHarness:
@@ -206,7 +209,12 @@ class TorchHarness:
             else None,
             architecture=getattr(model, "architecture_name", cls.__name__),
             runtime="fallback" if cls.__name__ == FALLBACK else "native",
+            chat_template=tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
+            special_tokens=[
+                t for t in getattr(tokenizer, "get_added_vocab", dict)() if t.startswith(("<", "["))
+            ],
         )
+        markers = ToolFormats(self.context.plugins).markers() | set(loaded.think_markers or ())
         log.info(
             "%s: %s (%s) on %s, %d MB weights, KV cache %d tokens (%d B/token)",
             spec.model_id,
@@ -217,7 +225,9 @@ class TorchHarness:
             num_blocks * block_size,
             per_token,
         )
-        return Served(engine, tokenizer, loaded, model.vocab_size, threads)
+        return Served(
+            engine, tokenizer, loaded, model.vocab_size, threads, hidden_specials(tokenizer, markers)
+        )
 
     def _fair_share(self, extra: int = 0) -> int:
         """CPU threads per engine when the cores are split evenly between this neuron's models."""
@@ -277,7 +287,7 @@ class TorchHarness:
             sampling=request.sampling,
             emit=emit,
         )
-        detokenizer = Detokenizer(served.tokenizer, prompt)
+        detokenizer = Detokenizer(served.tokenizer, prompt, served.hidden)
         eos = served.engine.eos_ids
         served.engine.submit(seq)
         finished = False
