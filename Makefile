@@ -9,7 +9,13 @@ PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml
 # torch is pinned through constraints.txt, never in package metadata.
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: install browser run test lint format rpm clean
+.PHONY: install browser run test lint format rpm clean agent-clis
+
+# The real coding agents the end-to-end tests drive (tests/test_agents.py), pinned; test-only,
+# never a runtime dependency. Installed from the npm registry into .agent-clis/.
+AGENT_CLIS := .agent-clis
+CLAUDE_CODE_VERSION ?= 2.1.332
+CODEX_VERSION ?= 0.171.0
 
 install: $(STAMP)
 
@@ -43,6 +49,14 @@ test: install browser
 	$(BIN)/ruff format --check .
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest
 
+agent-clis: $(AGENT_CLIS)/.installed-$(CLAUDE_CODE_VERSION)-$(CODEX_VERSION)
+
+$(AGENT_CLIS)/.installed-$(CLAUDE_CODE_VERSION)-$(CODEX_VERSION):
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js 18+ to run the agent tests"; exit 1; }
+	npm install --prefix $(AGENT_CLIS) --no-audit --no-fund --loglevel=error \
+		@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) @openai/codex@$(CODEX_VERSION)
+	touch $@
+
 rpm: install
 	bash rpm/check.sh
 
@@ -55,4 +69,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info plugins/*/*.egg-info
+	rm -rf $(VENV) $(AGENT_CLIS) .pytest_cache .ruff_cache build *.egg-info plugins/*/*.egg-info

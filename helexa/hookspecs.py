@@ -50,6 +50,22 @@ def register_architectures(register: Register) -> None:
     """
 
 
+@hookspec
+def register_tool_parsers(register: Register) -> None:
+    """Offer tool-call formats: how a model family writes tool calls in its output.
+
+    Call ``register(name, factory)``; ``factory()`` returns an object that satisfies
+    `helexa.neuron.toolformats.ToolFormat`: ``opens`` (markers that start a call),
+    ``close`` (the marker that ends one, or None for "to the end of the output"),
+    ``whole_answer`` (a call may be the whole answer, starting with ``{``),
+    ``parse(body, tools)`` returning `helexa.neuron.parsing.ToolCallOut` values (or
+    None when the body is not a call, so it is returned as text), and
+    ``detect(chat_template, special_tokens)`` claiming the models that write it.
+    Plugin formats are asked before the built-in ones; a harness may also name the
+    format of a model (``LoadedModel.tool_format``).
+    """
+
+
 # --- gateway: fleet lifecycle ------------------------------------------------
 
 

@@ -36,6 +36,7 @@ HOOKS: dict[str, str] = {
     "harness": "register_harnesses",
     "architecture": "register_architectures",
     "eviction_strategy": "register_eviction_strategies",
+    "tool_parser": "register_tool_parsers",
 }
 
 
@@ -128,6 +129,10 @@ class PluginHost:
     @property
     def eviction_strategies(self) -> Registry:
         return self.registries["eviction_strategy"]
+
+    @property
+    def tool_parsers(self) -> Registry:
+        return self.registries["tool_parser"]
 
     def info(self, name: str) -> PluginInfo | None:
         return next((p for p in self.plugins if p.name == name), None)

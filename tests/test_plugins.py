@@ -151,3 +151,59 @@ def test_installed_builtin_strategies_come_through_entry_points():
         assert info.distribution == "helexa"
         assert info.version
         assert info.registered == {"eviction_strategy": [name]}
+
+
+def test_a_plugin_tool_format_reads_a_models_calls():
+    """The docs/plugins.md example: a format registered by a plugin, named by the harness."""
+    import json
+
+    import httpx
+    import openai
+    from neurons import neuron_settings
+
+    from helexa.neuron.app import Neuron, create_app
+    from helexa.neuron.parsing import ToolCallOut, new_call_id
+    from helexa.testing import serve_app
+
+    class Granite:
+        name = "granite"
+        opens = ("<|tool_call|>",)
+        close = None
+        whole_answer = False
+
+        def parse(self, body, tools):
+            try:
+                calls = json.loads(body)
+            except json.JSONDecodeError:
+                return None
+            return [ToolCallOut(new_call_id(), c["name"], json.dumps(c.get("arguments", {}))) for c in calls]
+
+        def detect(self, chat_template, special_tokens):
+            return "<|tool_call|>" in special_tokens
+
+    class Inline:
+        @hookimpl
+        def register_tool_parsers(self, register):
+            register("granite", Granite)
+
+    host = load_plugins(extra={"granite": Inline()})
+    assert host.tool_parsers.names() == ["granite"]
+    neuron = Neuron(neuron_settings(simulated_devices=[{"name": "s", "memory_mb": 1000}]), plugins=host)
+    script = 'Checking.<|tool_call|>[{"name": "lookup", "arguments": {"q": "helexa"}}]'
+    with serve_app(create_app(neuron)) as url:
+        httpx.post(
+            f"{url}/models/load",
+            json={"model_id": "echo/granite", "options": {"script": script, "tool_format": "granite"}},
+        ).raise_for_status()
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        answer = client.chat.completions.create(
+            model="echo/granite",
+            messages=[{"role": "user", "content": "?"}],
+            tools=[{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+        )
+    message = answer.choices[0].message
+    assert message.content == "Checking."
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls] == [
+        ("lookup", {"q": "helexa"})
+    ]
+    assert answer.choices[0].finish_reason == "tool_calls"

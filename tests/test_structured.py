@@ -55,7 +55,7 @@ def neuron():
         load(url, "echo/plain")
         load(url, "echo/json", script='{"colour": "blue", "tags": ["sky"]}')
         load(url, "echo/two-calls", script=TWO_CALLS)
-        load(url, "echo/xml", tool_format="qwen_xml", script="no call here")
+        load(url, "echo/xml", chat_template="{{ tools }} <function=name>", script="no call here")
         yield url, service
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from helexa.errors import ApiError
 from helexa.translate.request import to_anthropic_messages, to_openai
-from helexa.translate.response import to_anthropic
+from helexa.translate.response import signature, to_anthropic
 from helexa.translate.stream import StreamTranslator
 from helexa.wire.anthropic import MessagesRequest
 
@@ -204,7 +204,12 @@ def shape(events):
             out.append(f"start:{data['index']}:{data['content_block']['type']}")
         elif name == "content_block_delta":
             delta = data["delta"]
-            value = delta.get("text") or delta.get("thinking") or delta.get("partial_json")
+            value = (
+                delta.get("text")
+                or delta.get("thinking")
+                or delta.get("partial_json")
+                or delta.get("signature")
+            )
             out.append(f"delta:{data['index']}:{delta['type']}:{value}")
         elif name == "content_block_stop":
             out.append(f"stop:{data['index']}")
@@ -246,6 +251,7 @@ GOLDEN = {
             "message_start",
             "start:0:thinking",
             "delta:0:thinking_delta:hmm",
+            f"delta:0:signature_delta:{signature('hmm')}",
             "stop:0",
             "start:1:text",
             "delta:1:text_delta:ok",

@@ -28,7 +28,7 @@ from helexa.errors import ApiError
 from helexa.gateway.proxy import TOKEN, Meter, UpstreamBroken, event_data
 from helexa.gateway.routes import abandon, keepalives, neuron_refusal, route, routed
 from helexa.translate import request as treq
-from helexa.translate.response import to_anthropic
+from helexa.translate.response import context_limit_message, to_anthropic
 from helexa.translate.stream import Event, StreamTranslator
 from helexa.wire.anthropic import CountTokensRequest, MessagesRequest
 
@@ -36,6 +36,12 @@ PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 CHAT = "/v1/chat/completions"
 
 
+DELTA_FIELDS = {
+    "text_delta": "text",
+    "thinking_delta": "thinking",
+    "input_json_delta": "partial_json",
+    "signature_delta": "signature",
+}
 DELTA_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
 
 
@@ -44,7 +50,7 @@ def sse(event: Event) -> bytes:
     if name == "content_block_delta":  # most of a stream: spell it out instead of encoding nested dicts
         delta = data["delta"]
         kind = delta["type"]
-        field = "text" if kind == "text_delta" else "thinking" if kind == "thinking_delta" else "partial_json"
+        field = DELTA_FIELDS[kind]
         return (
             DELTA_HEAD
             + str(data["index"]).encode()
@@ -68,6 +74,19 @@ def error_kind(error: ApiError) -> str:
     return error.anthropic_type
 
 
+def anthropic_refusal(node: str, status: int, content: bytes) -> ApiError:
+    """A neuron's refusal, with context-limit errors worded as Anthropic's (clients retry on them)."""
+    error = neuron_refusal(node, status, content)
+    try:
+        detail = msgspec.json.decode(content).get("error")
+    except (msgspec.DecodeError, AttributeError):
+        detail = None
+    message = context_limit_message(detail) if isinstance(detail, dict) else None
+    if message is not None:
+        error.message = message
+    return error
+
+
 @route("/v1/messages", anthropic=True)
 async def messages(gateway: Any, scope: Scope, receive: Receive, send: Send) -> None:
     request = decode(await read_body(receive, gateway.max_body), MessagesRequest)
@@ -86,7 +105,7 @@ async def messages(gateway: Any, scope: Scope, receive: Receive, send: Send) -> 
             await upstream.close()
         if response.status != 200:
             meter.record(gateway.metrics, str(response.status))
-            raise neuron_refusal(node.name, response.status, content)
+            raise anthropic_refusal(node.name, response.status, content)
         completion = msgspec.json.decode(content)
         meter.usage(completion.get("usage"))
         meter.token()
@@ -102,7 +121,7 @@ async def messages(gateway: Any, scope: Scope, receive: Receive, send: Send) -> 
         if response.status != 200:
             content = await upstream.read()
             await upstream.close()
-            raise neuron_refusal(upstream.node.name, response.status, content)
+            raise anthropic_refusal(upstream.node.name, response.status, content)
 
     async def events() -> AsyncIterator[bytes]:
         nonlocal upstream
@@ -114,7 +133,7 @@ async def messages(gateway: Any, scope: Scope, receive: Receive, send: Send) -> 
                 meter.node = upstream.node.name
                 response = await upstream.open(CHAT, body)
                 if response.status != 200:
-                    raise neuron_refusal(upstream.node.name, response.status, await upstream.read())
+                    raise anthropic_refusal(upstream.node.name, response.status, await upstream.read())
             async for raw in upstream.events():
                 data = event_data(raw)
                 if data is None or data == b"[DONE]":

@@ -21,6 +21,7 @@ from helexa.neuron.harness import Harness, HarnessContext
 from helexa.neuron.metrics import NeuronMetrics
 from helexa.neuron.models import ModelManager
 from helexa.neuron.routes import ROUTES
+from helexa.neuron.toolformats import ToolFormats
 from helexa.plugins import PluginHost, load_plugins
 from helexa.settings import NeuronSettings
 from helexa.wire.fleet import ActivationFailure, ActivationStatus, DiscoveryResponse, HealthResponse
@@ -42,6 +43,7 @@ class Neuron:
         self.metrics = NeuronMetrics()
         self.harnesses = self._build_harnesses(names)
         self.manager = ModelManager(settings, self.harnesses, self.hardware, self.metrics)
+        self.manager.tool_formats = ToolFormats(self.plugins)
         self.activation = ActivationStatus(
             state="pre_warming" if settings.default_models else "ready",
             pending=[m.model_id for m in settings.default_models],

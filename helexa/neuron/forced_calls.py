@@ -86,7 +86,7 @@ def qwen_xml(tools: list[dict[str, Any]], max_calls: int | None) -> str:
     )
 
 
-def llama3_json(tools: list[dict[str, Any]], max_calls: int | None) -> str:
+def llama3(tools: list[dict[str, Any]], max_calls: int | None) -> str:
     """Llama 3.x JSON calls: ``{"name": ..., "parameters": {...}}``, one per line."""
     return f"start: {_repeat('call', '; ', max_calls)}\ncall: {_json(call_object(tools, 'parameters'))}\n"
 
@@ -102,9 +102,17 @@ def mistral(tools: list[dict[str, Any]], max_calls: int | None) -> str:
 FORCED_CALL_GRAMMARS: dict[str, GrammarBuilder] = {
     "hermes": hermes,
     "qwen_xml": qwen_xml,
-    "llama3_json": llama3_json,
+    "llama3": llama3,
     "mistral": mistral,
 }
+
+
+def grammar_format(tool_format: str | None, chat_template: str | None) -> str:
+    """The forced-call grammar for a model's tool format (`helexa.neuron.toolformats`): Qwen3-Coder's
+    templates ask for an XML body inside the Hermes tags, so their calls are forced in that form."""
+    if tool_format in (None, "hermes") and "<function=" in (chat_template or ""):
+        return "qwen_xml"
+    return tool_format or "hermes"
 
 
 def forced_call_grammar(tool_format: str, tools: list[dict[str, Any]], max_calls: int | None) -> str:

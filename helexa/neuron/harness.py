@@ -106,7 +106,12 @@ class LoadedModel(msgspec.Struct, kw_only=True):
     runtime: str | None = None
     """How the harness runs it: ``native`` or ``fallback`` (the torch harness's transformers fallback)."""
     tool_format: str | None = None
-    """The model's tool-call format (``hermes``, ``qwen_xml``: `helexa.neuron.forced_calls`), where known."""
+    """The tool-call format the model writes (``hermes``, ``llama3``, ``mistral``...; see
+    `helexa.neuron.toolformats`), when the harness knows it; else the neuron detects it
+    from ``chat_template`` and ``special_tokens``."""
+    chat_template: str | None = None
+    special_tokens: list[str] = msgspec.field(default_factory=list)
+    """The tokenizer's added special tokens, as text."""
     constraints: bool = False
     """Whether the harness honours `Constraint` (structured outputs, forced tool calls)."""
 
@@ -118,6 +123,9 @@ class ChatPrompt(msgspec.Struct, kw_only=True):
     tools: list[dict[str, Any]] | None = None
     template_kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
     add_generation_prompt: bool = True
+    continue_final: bool = False
+    """The last message is an assistant prefill: render it open, so the model continues it
+    (transformers' ``continue_final_message``)."""
 
 
 class Prompt(msgspec.Struct, kw_only=True):

@@ -21,6 +21,7 @@ from helexa.neuron.discovery import Hardware
 from helexa.neuron.harness import Delta, GenerationRequest, Harness, LoadedModel
 from helexa.neuron.metrics import NeuronMetrics
 from helexa.neuron.sources import check_model_id, check_options
+from helexa.neuron.toolformats import ToolFormats
 from helexa.progress import ProgressBoard
 from helexa.settings import NeuronSettings
 from helexa.wire.fleet import ModelInfo, ModelSpec
@@ -78,6 +79,8 @@ class ModelManager:
         self.hardware = hardware
         self.metrics = metrics
         self.board = board or ProgressBoard()
+        self.tool_formats = ToolFormats()
+        """The tool-call formats models are read with; the neuron adds the plugins' (`ToolFormats`)."""
         self.entries: dict[str, ModelEntry] = {}
 
     # --- lifecycle -----------------------------------------------------------
@@ -134,6 +137,12 @@ class ModelManager:
             entry.ready.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
             entry.ready.exception()  # retrieved here so an unawaited failure is not logged as lost
             return
+        loaded = entry.loaded
+        if "tools" in loaded.capabilities:
+            loaded.tool_format = self.tool_formats.choose(
+                loaded.tool_format, loaded.chat_template, loaded.special_tokens
+            )
+            log.info("%s writes tool calls in the %s format", model_id, loaded.tool_format)
         entry.status, entry.loaded_at, entry.stage, entry.fraction = "loaded", time.time(), None, None
         elapsed = self.board.finish(model_id, "loaded")
         self.metrics.load_seconds.labels(model_id, entry.harness, "loaded").observe(elapsed)
@@ -299,6 +308,18 @@ class Generation:
             raise ApiError(404, f"model {model_id!r} was unloaded", code="model_not_found")
         entry.last_used = time.time()
         self.stream = self.manager.harness_of(entry).generate(model_id, self.request)
+
+    async def resume(self, request: GenerationRequest) -> None:
+        """Go on in this request's place with a new sequence (a thinking budget closing the think block)."""
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            with suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+            self.request = request
+            self.stream = self.manager.harness_of(self.entry).generate(self.entry.spec.model_id, request)
+        else:
+            self.request = request
+            await self._start()
 
     async def aclose(self, reason: str = "client") -> None:
         entry, metrics = self.entry, self.manager.metrics

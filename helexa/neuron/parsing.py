@@ -11,7 +11,6 @@ import re
 import secrets
 from typing import Any, NamedTuple
 
-TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 THINK_MARKERS = (("<think>", "</think>"), ("[THINK]", "[/THINK]"), ("<thought>", "</thought>"))
 
 
@@ -76,9 +75,10 @@ class OutputParser:
     """Splits model output into content, reasoning and tool calls.
 
     Reasoning is text between think markers (or from the start, when the prompt
-    ended inside an open think block). Tool calls are ``<tool_call>…</tool_call>``
-    bodies in Hermes JSON or Qwen ``<function=…>`` form; a body that does not
-    parse is returned as content, so nothing the model said is lost.
+    ended inside an open think block); an open marker repeated inside the block is
+    dropped, so no marker leaks. Tool calls are found and read by the model's
+    `helexa.neuron.toolformats.ToolFormat` (Hermes ``<tool_call>`` by default); a
+    body that does not parse is returned as content, so nothing the model said is lost.
     """
 
     def __init__(
@@ -86,25 +86,41 @@ class OutputParser:
         think: tuple[str, str] | None = None,
         in_reasoning: bool = False,
         tools: list[dict[str, Any]] | None = None,
+        fmt: Any = None,
     ) -> None:
+        if fmt is None:
+            from helexa.neuron.toolformats import DEFAULT  # toolformats builds on this module
+
+            fmt = DEFAULT
+        self.fmt = fmt
         self.think = think
         self.tools = tools
         self.state = "reasoning" if in_reasoning and think else "content"
         self.buffer = ""
+        self.opener = ""
         self.strip_leading = self.state == "reasoning"
+        self.fresh = bool(tools) and fmt.whole_answer
+        """No content yet: the answer may still turn out to be a bare call (Llama 3's JSON)."""
 
     def _markers(self) -> list[str]:
         if self.state == "reasoning":
-            return [self.think[1]] if self.think else []
+            return list(self.think) if self.think else []
         if self.state == "tool":
-            return [TOOL_CLOSE]
-        markers = [TOOL_OPEN] if self.tools else []
+            return [self.fmt.close] if self.fmt.close else []
+        markers = list(self.fmt.opens) if self.tools else []
         return [*markers, self.think[0]] if self.think else markers
 
     def feed(self, text: str) -> list[Event]:
         self.buffer += text
         events: list[Event] = []
         while True:
+            if self.fresh and self.state == "content":
+                start = self.buffer.lstrip()
+                if not start:
+                    return events
+                self.fresh = False
+                if start[0] == "{":
+                    self.state, self.opener, self.buffer = "tool", "", start
             markers = self._markers()
             hits = [(self.buffer.find(m), m) for m in markers if m in self.buffer]
             if not hits:
@@ -117,22 +133,30 @@ class OutputParser:
             before, self.buffer = self.buffer[:index], self.buffer[index + len(marker) :]
             self._transition(events, before, marker)
 
+    def _calls(self, events: list[Event], body: str, close: str) -> None:
+        calls = self.fmt.parse(body, self.tools)
+        if calls:
+            events.extend(Event("tool_call", call=call) for call in calls)
+        else:
+            self.state = "content"
+            self._emit(events, self.opener + body + close)
+        self.state = "content"
+
     def _transition(self, events: list[Event], before: str, marker: str) -> None:
         if self.state == "tool":
-            call = parse_tool_call(before, self.tools)
-            if call is None:
-                events.append(Event("content", TOOL_OPEN + before + TOOL_CLOSE))
-            else:
-                events.append(Event("tool_call", call=call))
-            self.state = "content"
+            self._calls(events, before, marker)
             return
+        if self.state == "reasoning":
+            self._emit(events, before)
+            if marker == self.think[1]:  # type: ignore[index]
+                self.state, self.strip_leading = "content", True
+                self.fresh = bool(self.tools) and self.fmt.whole_answer
+            return  # an open marker inside the block: dropped
         self._emit(events, before)
-        if marker == TOOL_OPEN:
-            self.state = "tool"
-        elif self.think and marker == self.think[0]:
+        if self.think and marker == self.think[0]:
             self.state, self.strip_leading = "reasoning", True
-        else:  # the close marker of a reasoning block
-            self.state, self.strip_leading = "content", True
+        else:
+            self.state, self.opener = "tool", marker
 
     def _emit(self, events: list[Event], text: str) -> None:
         if self.strip_leading:
@@ -141,23 +165,21 @@ class OutputParser:
                 self.strip_leading = False
         if text:
             kind = "reasoning" if self.state == "reasoning" else "content"
+            if kind == "content":
+                self.fresh = False
             if events and events[-1].kind == kind:
                 events[-1] = Event(kind, events[-1].text + text)
             else:
                 events.append(Event(kind, text))
 
     def finish(self) -> list[Event]:
-        """Flush at the end of generation: an unterminated tool call becomes content."""
+        """Flush at the end of generation: an unterminated call is read if it parses, else it is content."""
         events: list[Event] = []
         rest, self.buffer = self.buffer, ""
         if self.state == "tool":
-            call = parse_tool_call(rest, self.tools)
-            if call is None:
-                events.append(Event("content", TOOL_OPEN + rest))
-            else:
-                events.append(Event("tool_call", call=call))
-            self.state = "content"
+            self._calls(events, rest, "")
         else:
+            self.fresh = False
             self._emit(events, rest)
         return events
 

@@ -27,6 +27,7 @@ from helexa.asgi import (
 from helexa.buildinfo import build_info
 from helexa.errors import ApiError
 from helexa.neuron import completions as text_completions
+from helexa.neuron import responses as responses_api
 from helexa.neuron import serving
 from helexa.neuron.harness import ChatPrompt
 from helexa.wire import openai as oa
@@ -39,6 +40,7 @@ from helexa.wire.fleet import (
     ModelSpec,
     UnloadRequest,
 )
+from helexa.wire.responses import ResponsesRequest
 
 log = logging.getLogger("helexa.neuron")
 
@@ -113,6 +115,20 @@ def openai_models(request: Request) -> oa.ModelList:
     return oa.ModelList(data=cards)
 
 
+@get("/v1/models/{model_id:path}", sync_to_thread=False)
+def openai_model(request: Request, model_id: str) -> oa.ModelCard:
+    """One loaded model, as ``client.models.retrieve`` asks for it."""
+    wanted = model_id.strip("/")
+    for info in neuron_of(request.app).manager.list():
+        if info.id == wanted and info.status == "loaded":
+            return oa.ModelCard(
+                id=info.id, created=int(info.loaded_at or time.time()), max_model_len=info.max_model_len
+            )
+    raise ApiError(
+        404, f"model {wanted!r} is not loaded on this neuron", code="model_not_found", param="model"
+    )
+
+
 # --- inference (plain ASGI: no buffering, disconnect aborts) --------------------
 
 Handler = Callable[[Any, Scope, Receive, Send, bytes], Awaitable[None]]
@@ -183,13 +199,29 @@ async def completions(neuron: Any, scope: Scope, receive: Receive, send: Send, b
     )
 
 
+@inference("/v1/responses")
+async def responses(neuron: Any, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
+    request = decode(body, ResponsesRequest)
+    prepared = await responses_api.prepare(neuron.manager, request)
+    await _answer(
+        neuron,
+        "responses",
+        receive,
+        send,
+        prepared.job,
+        request,
+        lambda g: responses_api.stream(neuron.manager, prepared, g),
+        lambda g: responses_api.response(neuron.manager, prepared, g),
+    )
+
+
 async def _answer(
     neuron: Any,
     route: str,
     receive: Receive,
     send: Send,
     job: serving.Job,
-    request: oa.SamplingFields,
+    request: oa.SamplingFields | ResponsesRequest,
     streaming: Callable[[Any], Any],
     whole: Callable[[Any], Any],
 ) -> None:
@@ -246,7 +278,9 @@ ROUTES = [
     endpoint,
     metrics,
     openai_models,
+    openai_model,
     chat_completions,
+    responses,
     completions,
     tokenize,
 ]

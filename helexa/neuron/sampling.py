@@ -36,7 +36,11 @@ def context_error(max_len: int, prompt_len: int, asked: int | None = None) -> Ap
         message,
         code="context_length_exceeded",
         param="messages",
-        extras={"prompt_len": prompt_len, "max": max_len},
+        extras={
+            "prompt_len": prompt_len,
+            "max": max_len,
+            **({"max_tokens": asked} if asked is not None else {}),
+        },
     )
 
 

@@ -22,8 +22,8 @@ import msgspec
 from helexa.errors import ApiError
 from helexa.neuron import structured
 from helexa.neuron.choices import Choices, chat_logprobs, interleaved
+from helexa.neuron.forced_calls import FORCED_CALL_GRAMMARS, grammar_format
 from helexa.neuron.harness import (
-    ChatPrompt,
     Constraint,
     GenerationRequest,
     Prompt,
@@ -33,6 +33,9 @@ from helexa.neuron.harness import (
 from helexa.neuron.models import Generation, ModelEntry, ModelManager
 from helexa.neuron.parsing import Event, OutputParser, StopMatcher, prompt_in_reasoning
 from helexa.neuron.sampling import context_error, resolve_sampling
+from helexa.neuron.thinking import budget as thinking_budget
+from helexa.neuron.thinking import chat_prompt
+from helexa.neuron.thinking import wrap as thinking_wrap
 from helexa.wire import openai as oa
 
 DONE = b"data: [DONE]\n\n"
@@ -72,6 +75,8 @@ class Job:
     n: int = 1
     single_call: bool = False
     """``parallel_tool_calls: false``: generation ends at the first complete tool call."""
+    thinking_budget: int | None = None
+    """Tokens the think block may take (`helexa.neuron.thinking`); None for no cap."""
 
 
 def refuse_unsupported(request: oa.SamplingFields) -> None:
@@ -115,7 +120,15 @@ def constraint_for(
         # A named function is called once (as OpenAI and vLLM do); "required" may call several
         # unless parallel_tool_calls is false.
         parallel = False if isinstance(choice, dict) else getattr(request, "parallel_tool_calls", None)
-        constraint = structured.tool_call_constraint(forced, loaded.tool_format or "hermes", parallel)
+        fmt = grammar_format(loaded.tool_format, loaded.chat_template)
+        if fmt not in FORCED_CALL_GRAMMARS:
+            raise ApiError(
+                400,
+                f"tool_choice {choice!r}: calls in the {fmt!r} tool format of {entry.spec.model_id!r} "
+                "cannot be forced (forced calls know: " + ", ".join(FORCED_CALL_GRAMMARS) + ")",
+                param="tool_choice",
+            )
+        constraint = structured.tool_call_constraint(forced, fmt, parallel)
     else:
         constraint = given[0] if given else None
     if constraint is not None and not loaded.constraints:
@@ -195,18 +208,22 @@ async def prepare_chat(manager: ModelManager, request: oa.ChatCompletionRequest)
     loaded = entry.loaded
     assert loaded is not None
     tools = [msgspec.to_builtins(t) for t in request.tools] if request.tools else None
+    if tools and "tools" not in loaded.capabilities:
+        raise ApiError(
+            400,
+            f"model {request.model!r} does not support tools: its chat template has no place for them",
+            code="tools_unsupported",
+            param="tools",
+        )
     constraint = constraint_for(request, tools, entry)
     if request.tool_choice == "none":
         tools = None  # the model is not told about tools it may not call
-    chat = ChatPrompt(
-        messages=message_dicts(request.messages, "vision" in loaded.capabilities),
-        tools=tools,
-        template_kwargs=request.chat_template_kwargs or {},
-    )
+    chat = chat_prompt(request, message_dicts(request.messages, "vision" in loaded.capabilities), tools)
     prompt = await manager.harness_of(entry).tokenize(request.model, chat)
     job = job_for(manager, entry, request, prompt, tools, started)
     job.constraint = constraint
     job.single_call = bool(tools) and request.parallel_tool_calls is False
+    job.thinking_budget = thinking_budget(request, chat.template_kwargs)
     return job
 
 
@@ -258,7 +275,7 @@ def start(manager: ModelManager, job: Job) -> Choices:
                 constraint=job.constraint,
                 group=group,
             )
-            choices.append(manager.generate(job.entry, request))
+            choices.append(thinking_wrap(manager.generate(job.entry, request), job))
     except BaseException:
         for generation in choices:
             generation.ticket.release()
@@ -273,7 +290,8 @@ async def events(
     loaded = job.entry.loaded
     assert loaded is not None
     think = loaded.think_markers if job.reasoning else None
-    parser = OutputParser(think, prompt_in_reasoning(job.prompt.text, think), job.tools)
+    fmt = manager.tool_formats.get(loaded.tool_format)
+    parser = OutputParser(think, prompt_in_reasoning(job.prompt.text, think), job.tools, fmt)
     stops = StopMatcher(job.stops)
     metrics, model = manager.metrics, job.model
     completion = cached = 0

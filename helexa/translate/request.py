@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from helexa.errors import ApiError
+from helexa.translate.system import fold_system
 from helexa.wire.anthropic import AnthropicMessage, MessagesRequest
+
+log = logging.getLogger("helexa.translate")
+EFFORTS = {"low": "low", "medium": "medium", "high": "high", "max": "xhigh"}
 
 TOOL_ERROR_PREFIX = "Error: "
 
@@ -70,8 +75,11 @@ def _tool_result_content(block: dict[str, Any], where: str) -> tuple[str, list[d
 def message(msg: AnthropicMessage, index: int) -> list[dict[str, Any]]:
     """One Anthropic message as OpenAI messages: tool results first, then the text/images/tool calls."""
     where = f"messages[{index}]"
+    if msg.role == "system":  # Claude Code sends these; `fold_system` puts them where templates allow
+        content = msg.content if isinstance(msg.content, str) else system_text(msg.content)
+        return [{"role": "system", "content": content or ""}]
     if msg.role not in ("user", "assistant"):
-        raise _invalid(f"{where}.role must be user or assistant, got {msg.role!r}", f"{where}.role")
+        raise _invalid(f"{where}.role must be user, assistant or system, got {msg.role!r}", f"{where}.role")
     if isinstance(msg.content, str):
         return [{"role": msg.role, "content": msg.content}]
     tool_messages: list[dict[str, Any]] = []
@@ -188,8 +196,74 @@ def thinking_kwargs(thinking: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     kind = thinking.get("type")
     if kind not in ("enabled", "disabled", "adaptive"):
-        raise _invalid(f"thinking.type must be enabled or disabled, got {kind!r}", "thinking.type")
+        raise _invalid(f"thinking.type must be enabled, disabled or adaptive, got {kind!r}", "thinking.type")
     return {"enable_thinking": kind != "disabled"}
+
+
+def thinking_budget(thinking: dict[str, Any] | None) -> int | None:
+    """``budget_tokens`` of enabled thinking: the cap on the think block."""
+    if not thinking or thinking.get("type") != "enabled" or thinking.get("budget_tokens") is None:
+        return None
+    budget = thinking["budget_tokens"]
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
+        raise _invalid(
+            f"thinking.budget_tokens must be a non-negative integer, got {budget!r}", "thinking.budget_tokens"
+        )
+    return budget
+
+
+def output_config(config: dict[str, Any] | None, body: dict[str, Any]) -> None:
+    """``effort`` -> reasoning_effort; ``format`` -> response_format (structured output)."""
+    if not config:
+        return
+    unknown = sorted(set(config) - {"effort", "format"})
+    if unknown:
+        raise _invalid(f"output_config.{unknown[0]} is not supported", f"output_config.{unknown[0]}")
+    effort = config.get("effort")
+    if effort is not None:
+        if effort not in EFFORTS:
+            raise _invalid(
+                f"output_config.effort must be one of {', '.join(EFFORTS)}, got {effort!r}",
+                "output_config.effort",
+            )
+        body["reasoning_effort"] = EFFORTS[effort]
+    fmt = config.get("format")
+    if fmt is not None:
+        if fmt.get("type") != "json_schema":
+            raise _invalid(
+                f"output_config.format.type must be json_schema, got {fmt.get('type')!r}",
+                "output_config.format.type",
+            )
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": fmt.get("schema") or {}, "strict": True},
+        }
+
+
+def apply_context_management(config: dict[str, Any] | None, messages: list[dict[str, Any]]) -> None:
+    """Context edits, done here as Anthropic's servers do them before the model sees the prompt.
+
+    ``clear_thinking_20251015`` drops the reasoning of all but the last ``keep`` assistant
+    turns (``"all"``: none). ``clear_tool_uses_20250919`` needs token counts of each
+    tool result before rendering; it is not applied, and the log says so.
+    """
+    for i, edit in enumerate((config or {}).get("edits") or []):
+        kind = edit.get("type")
+        if kind == "clear_thinking_20251015":
+            keep = edit.get("keep", {"type": "thinking_turns", "value": 1})
+            if keep == "all":
+                continue
+            count = keep.get("value", 1) if isinstance(keep, dict) else 1
+            turns = [m for m in messages if m["role"] == "assistant" and m.get("reasoning_content")]
+            for message in turns[: max(0, len(turns) - int(count))]:
+                message.pop("reasoning_content", None)
+        elif kind == "clear_tool_uses_20250919":
+            log.info("context_management edit clear_tool_uses_20250919 is not applied: tool results are kept")
+        else:
+            raise _invalid(
+                f"context_management.edits[{i}].type {kind!r} is not supported",
+                f"context_management.edits[{i}].type",
+            )
 
 
 def chat_messages(system: str | list[dict[str, Any]] | None, messages: list[AnthropicMessage]) -> list[dict]:
@@ -199,7 +273,7 @@ def chat_messages(system: str | list[dict[str, Any]] | None, messages: list[Anth
         out.append({"role": "system", "content": text})
     for i, msg in enumerate(messages):
         out.extend(message(msg, i))
-    return out
+    return fold_system(out)
 
 
 def to_openai(request: MessagesRequest, model: str) -> dict[str, Any]:
@@ -229,6 +303,11 @@ def to_openai(request: MessagesRequest, model: str) -> dict[str, Any]:
     kwargs = thinking_kwargs(request.thinking)
     if kwargs:
         body["chat_template_kwargs"] = kwargs
+    budget = thinking_budget(request.thinking)
+    if budget is not None:
+        body["thinking_budget"] = budget
+    output_config(request.output_config, body)
+    apply_context_management(request.context_management, body["messages"])
     if request.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}

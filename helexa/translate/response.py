@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import secrets
 from typing import Any
@@ -25,6 +27,34 @@ def stop_reason(
     if finish == "stop" and matched and matched in (stop_sequences or []):
         return "stop_sequence", matched
     return STOP_REASONS.get(finish or "stop", "end_turn"), None
+
+
+def signature(thinking: str) -> str:
+    """An opaque, non-empty signature for a thinking block (clients require one and send it back).
+
+    Nothing here needs to verify it: the thinking text itself is what goes back to the model.
+    """
+    digest = hashlib.sha256(thinking.encode()).digest()[:24]
+    return "hx1" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def context_limit_message(error: dict[str, Any]) -> str | None:
+    """Anthropic's wording of a context-limit error (clients parse it to retry with less), or None.
+
+    ``error`` is the neuron's OpenAI error object with ``code: context_length_exceeded``
+    and the counts ``prompt_len``, ``max`` and, when the completion was the problem, ``max_tokens``.
+    """
+    if error.get("code") != "context_length_exceeded":
+        return None
+    prompt, limit, asked = error.get("prompt_len"), error.get("max"), error.get("max_tokens")
+    if not isinstance(prompt, int) or not isinstance(limit, int):
+        return None
+    if isinstance(asked, int) and prompt < limit:
+        return (
+            f"input length and `max_tokens` exceed context limit: {prompt} + {asked} > {limit}, "
+            "decrease input length or `max_tokens` and try again"
+        )
+    return f"prompt is too long: {prompt} tokens > {limit} maximum"
 
 
 def tool_input(arguments: Any) -> dict[str, Any]:
@@ -56,7 +86,8 @@ def to_anthropic(completion: dict[str, Any], model: str, stop_sequences: list[st
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
     if message.get("reasoning_content"):
-        content.append({"type": "thinking", "thinking": message["reasoning_content"], "signature": ""})
+        thinking = message["reasoning_content"]
+        content.append({"type": "thinking", "thinking": thinking, "signature": signature(thinking)})
     text = message.get("content")
     if isinstance(text, list):
         text = "".join(p.get("text", "") for p in text if isinstance(p, dict))

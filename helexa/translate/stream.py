@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from helexa.translate.response import message_id, stop_reason, usage
+from helexa.translate.response import message_id, signature, stop_reason, usage
 
 Event = tuple[str, dict[str, Any]]
 
@@ -34,6 +34,7 @@ class StreamTranslator:
         self.matched_stop: str | None = None
         self.usage: dict[str, Any] | None = None
         self.output_pieces = 0
+        self.thinking: list[str] = []
 
     def start(self) -> list[Event]:
         if self.started:
@@ -64,8 +65,14 @@ class StreamTranslator:
     def _close(self) -> list[Event]:
         if self.open is None:
             return []
+        events: list[Event] = []
+        if self.open == "thinking":  # as Anthropic streams it: the signature last, before the stop
+            events.append(
+                self._delta({"type": "signature_delta", "signature": signature("".join(self.thinking))})
+            )
+            self.thinking = []
         self.open = None
-        return [("content_block_stop", {"type": "content_block_stop", "index": self.index})]
+        return [*events, ("content_block_stop", {"type": "content_block_stop", "index": self.index})]
 
     def _open(self, kind: str, block: dict[str, Any]) -> list[Event]:
         events = self._close()
@@ -93,6 +100,7 @@ class StreamTranslator:
                 if self.open != "thinking":
                     events += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
                 events.append(self._delta({"type": "thinking_delta", "thinking": reasoning}))
+                self.thinking.append(reasoning)
                 self.output_pieces += 1
             text = delta.get("content")
             if isinstance(text, str) and text:

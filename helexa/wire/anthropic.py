@@ -30,6 +30,10 @@ class MessagesRequest(msgspec.Struct, kw_only=True):
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
+    """``effort`` (low/medium/high/max) and ``format`` (structured output)."""
+    context_management: dict[str, Any] | None = None
+    """Context edits (``clear_thinking_20251015``, ``clear_tool_uses_20250919``), as Claude Code sends."""
     metadata: dict[str, Any] | None = None
     service_tier: str | None = None
     output_config: dict[str, Any] | None = None
@@ -43,3 +47,5 @@ class CountTokensRequest(msgspec.Struct, kw_only=True):
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
+    context_management: dict[str, Any] | None = None

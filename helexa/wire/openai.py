@@ -102,6 +102,10 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     chat_template_kwargs: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    reasoning_effort: str | None = None
+    """none/minimal turn thinking off, low caps it; see `helexa.neuron.thinking`."""
+    thinking_budget: Annotated[int, Meta(ge=0)] | None = None
+    """helexa's extension: the most tokens the think block may take (Anthropic's budget_tokens)."""
 
 
 class CompletionRequest(SamplingFields, kw_only=True):

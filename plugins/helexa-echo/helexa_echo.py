@@ -17,11 +17,12 @@ What it says: the last user message, or a script. Options come from
 ``load_seconds``       how long a load takes (default 0)
 ``fail_load``          if set, loads fail with this message
 ``capabilities``       default ``["text", "tools"]``
+``tool_format``        the tool-call format it claims to write (default: detected, ``hermes``)
+``chat_template``      the chat template it reports (default none), for format detection
 ``script``             text to say instead of echoing; a list is used turn by turn
                        (entry = number of assistant turns so far). Placeholders:
                        ``{last_user}``, ``{last_tool}``, ``{params}`` (the sampling
                        parameters as JSON), ``{prompt_tokens}``
-``tool_format``        the tool-call format it claims (default ``hermes``)
 
 Constraints are honoured the way a model under a grammar would be: a JSON answer says
 the scripted text if it is JSON of the right shape, else the simplest value of the
@@ -29,6 +30,10 @@ schema; a forced tool call says the scripted call if it names an allowed tool, e
 call of the first allowed tool with the simplest arguments. Regex and Lark grammars
 need a grammar engine and are refused (400). Log-probabilities are 0.0 (the echo is
 certain of every token).
+
+Like a model, it continues what the prompt started: after an assistant prefill it
+says the rest of its text, and when the prompt ends after a closed think block (a
+thinking budget closed it) it goes on with what follows the think block.
 """
 
 from __future__ import annotations
@@ -67,7 +72,8 @@ DEFAULTS: dict[str, Any] = {
     "fail_load": None,
     "capabilities": ["text", "tools"],
     "script": None,
-    "tool_format": "hermes",
+    "tool_format": None,
+    "chat_template": None,
 }
 # A token is a marker like <think>, a word with its leading space, one punctuation mark, or whitespace.
 PLACEHOLDER = re.compile(r"\{(last_user|last_tool|params|prompt_tokens)\}")
@@ -87,12 +93,15 @@ def render(chat: ChatPrompt) -> str:
     parts = []
     if chat.tools:
         parts.append("<|im_start|>system\n# Tools\n" + json.dumps(chat.tools) + "<|im_end|>\n")
-    for message in chat.messages:
+    for i, message in enumerate(chat.messages):
         content = message.get("content")
         text = content if isinstance(content, str) else json.dumps(content)
         for call in message.get("tool_calls") or []:
             text += "<tool_call>" + json.dumps(call.get("function")) + "</tool_call>"
-        parts.append(f"<|im_start|>{message['role']}\n{text}<|im_end|>\n")
+        if chat.continue_final and i == len(chat.messages) - 1:
+            parts.append(f"<|im_start|>{message['role']}\n{text}")  # left open: the model continues it
+        else:
+            parts.append(f"<|im_start|>{message['role']}\n{text}<|im_end|>\n")
     if chat.add_generation_prompt:
         parts.append("<|im_start|>assistant\n")
         if chat.template_kwargs.get("enable_thinking"):
@@ -133,7 +142,8 @@ class EchoHarness:
             capabilities=list(options["capabilities"]),
             max_model_len=int(options["max_model_len"]),
             think_markers=("<think>", "</think>"),
-            tool_format=str(options["tool_format"]),
+            tool_format=options["tool_format"],
+            chat_template=options["chat_template"],
             constraints=True,
         )
 
@@ -153,7 +163,7 @@ class EchoHarness:
 
     async def generate(self, model_id: str, request: GenerationRequest) -> AsyncIterator[Delta]:
         options = self._options(model_id)
-        text = self._text(options, request)
+        text = self._continued(self._text(options, request), request.prompt.text)
         if request.constraint is not None:
             text = constrained(text, request.constraint)
         pieces = split_tokens(text) or [" "]
@@ -204,6 +214,18 @@ class EchoHarness:
             turn = sum(m.get("role") == "assistant" for m in messages)
             script = script[min(turn, len(script) - 1)]
         return PLACEHOLDER.sub(lambda m: _placeholder(m[1], messages, request), str(script))
+
+    @staticmethod
+    def _continued(text: str, prompt: str) -> str:
+        """What is left to say when the prompt already holds part of this turn."""
+        _, opened, turn = prompt.rpartition("<|im_start|>assistant\n")
+        if not opened:  # a raw prompt: nothing of this turn is in it
+            return text
+        if "</think>" in turn and "</think>" in text:  # the think block was closed for us
+            return text.partition("</think>")[2]
+        if turn and text.startswith(turn):  # an assistant prefill: say the rest
+            return text[len(turn) :]
+        return text
 
     def memory(self) -> dict[str, dict[int, int]]:
         return {model_id: dict(need) for model_id, need in self.usage.items()}

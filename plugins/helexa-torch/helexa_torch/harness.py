@@ -22,6 +22,7 @@ from helexa.neuron.harness import (
     Prompt,
 )
 from helexa.neuron.parsing import detect_think_markers
+from helexa.neuron.toolformats import ToolFormats
 from helexa.wire.fleet import ModelSpec
 from helexa_torch.engine.constraints import GrammarBook
 from helexa_torch.engine.engine import Engine, Output, deliver_each
@@ -31,7 +32,7 @@ from helexa_torch.loading import Checkpoint, locate, open_checkpoint
 from helexa_torch.models.causal_lm import CausalLM, kv_bytes_per_token
 from helexa_torch.plugin import FALLBACK
 from helexa_torch.sizing import MB, available_cores, kv_budget, resident_mb, resolve_dtype
-from helexa_torch.text import Detokenizer, TokenTexts, encode_text, render_chat, tool_format
+from helexa_torch.text import Detokenizer, TokenTexts, encode_text, hidden_specials, render_chat
 
 log = logging.getLogger("helexa.torch")
 
@@ -62,6 +63,8 @@ class Served:
     groups: dict[str, Sequence] = field(default_factory=dict)
     """The first sequence of each group of n choices still prefilling, which its siblings wait for."""
     grammar_ready: asyncio.Lock = field(default_factory=asyncio.Lock)
+    hidden: frozenset[int] = frozenset()
+    """Special tokens left out of the text; tool and think markers stay, so parsing sees them."""
 
 
 class TorchHarness:
@@ -231,9 +234,13 @@ class TorchHarness:
             else None,
             architecture=getattr(model, "architecture_name", cls.__name__),
             runtime="fallback" if cls.__name__ == FALLBACK else "native",
-            tool_format=tool_format(tokenizer.chat_template or ""),
             constraints=True,
+            chat_template=tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
+            special_tokens=[
+                t for t in getattr(tokenizer, "get_added_vocab", dict)() if t.startswith(("<", "["))
+            ],
         )
+        markers = ToolFormats(self.context.plugins).markers() | set(loaded.think_markers or ())
         log.info(
             "%s: %s (%s) on %s, %d MB weights, KV cache %d tokens (%d B/token)",
             spec.model_id,
@@ -244,7 +251,9 @@ class TorchHarness:
             num_blocks * block_size,
             per_token,
         )
-        return Served(engine, tokenizer, loaded, model.vocab_size, threads)
+        return Served(
+            engine, tokenizer, loaded, model.vocab_size, threads, hidden_specials(tokenizer, markers)
+        )
 
     def _fair_share(self, extra: int = 0) -> int:
         """CPU threads per engine when the cores are split evenly between this neuron's models."""
@@ -318,7 +327,7 @@ class TorchHarness:
         if request.group is not None:
             head = served.groups.setdefault(request.group, seq)
             seq.after = head if head is not seq else None
-        detokenizer = Detokenizer(served.tokenizer, prompt)
+        detokenizer = Detokenizer(served.tokenizer, prompt, served.hidden)
         texts = TokenTexts(served.tokenizer) if request.sampling.logprobs is not None else None
         eos = served.engine.eos_ids
         served.engine.submit(seq)

@@ -21,6 +21,7 @@ def render_chat(tokenizer: Any, chat: ChatPrompt) -> Prompt:
             chat.messages,
             tools=chat.tools,
             add_generation_prompt=chat.add_generation_prompt,
+            continue_final_message=chat.continue_final,
             tokenize=False,
             **chat.template_kwargs,
         )
@@ -38,6 +39,16 @@ def encode_text(tokenizer: Any, text: str) -> Prompt:
     return Prompt(text=text, token_ids=list(tokenizer(text)["input_ids"]))
 
 
+def hidden_specials(tokenizer: Any, markers: set[str]) -> frozenset[int]:
+    """Ids of the special tokens to leave out of generated text: all but the given markers
+    (tool-call and think markers must reach the parsers)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    special |= {i for i, token in decoder.items() if getattr(token, "special", False)}
+    keep = {i for i, token in decoder.items() if getattr(token, "content", str(token)) in markers}
+    return frozenset(special - keep)
+
+
 class Detokenizer:
     """Turns a growing list of token ids into text deltas.
 
@@ -47,14 +58,18 @@ class Detokenizer:
     tokens that finish them.
     """
 
-    def __init__(self, tokenizer: Any, prompt_ids: list[int]) -> None:
+    def __init__(self, tokenizer: Any, prompt_ids: list[int], hidden: frozenset[int] | None = None) -> None:
         self.tokenizer = tokenizer
+        self.hidden = hidden
         self.ids = list(prompt_ids[-5:])  # context, so leading spaces decode as they do mid-text
         self.prefix = 0
         self.read = len(self.ids)
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if self.hidden is None:
+            return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        shown = [i for i in ids if i not in self.hidden]
+        return self.tokenizer.decode(shown, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def add(self, new: list[int], final: bool = False) -> str:
         self.ids.extend(new)
@@ -64,21 +79,6 @@ class Detokenizer:
             self.prefix, self.read = self.read, len(self.ids)
             return after[len(before) :]
         return ""
-
-
-def tool_format(template: str) -> str | None:
-    """The tool-call format a chat template teaches its model, for forcing calls (None: no tools)."""
-    if "tools" not in template:
-        return None
-    if "<function=" in template:
-        return "qwen_xml"
-    if "[TOOL_CALLS]" in template:
-        return "mistral"
-    if "<tool_call>" in template or "tool_call" in template:
-        return "hermes"
-    if "<|python_tag|>" in template or "ipython" in template:
-        return "llama3_json"
-    return "hermes"
 
 
 class TokenTexts:

@@ -18,8 +18,8 @@ from concurrent.futures import Future
 import torch
 
 from helexa_torch.engine.block_manager import BlockManager
-from helexa_torch.engine.hybrid_blocks import HybridBlockManager
 from helexa_torch.engine.constraints import GrammarBook, MaskWorker
+from helexa_torch.engine.hybrid_blocks import HybridBlockManager
 from helexa_torch.engine.runner import ModelRunner
 from helexa_torch.engine.sampler import Sampler
 from helexa_torch.engine.scheduler import Plan, Scheduler
