@@ -210,8 +210,8 @@ async def responses(neuron: Any, scope: Scope, receive: Receive, send: Send, bod
         send,
         prepared.job,
         request,
-        lambda g: responses_api.stream(neuron.manager, prepared, g),
-        lambda g: responses_api.response(neuron.manager, prepared, g),
+        lambda g: responses_api.stream(neuron.manager, prepared, g[0]),
+        lambda g: responses_api.response(neuron.manager, prepared, g[0]),
     )
 
 
