@@ -122,7 +122,7 @@ def measure_models(rounds: int) -> dict:
     gguf = smollm2_gguf()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        models = {"smollm2-gguf": gguf, "smollm2-safetensors": save_safetensors(gguf, folder / "smollm2-st")}
+        models = {"smollm2/gguf": gguf, "smollm2/safetensors": save_safetensors(gguf, folder / "smollm2-st")}
         # float32 weights (~540 MB) + 64 MB of KV cache each: one fits, two do not.
         samples: dict[str, dict[str, list[float]]] = {m: {"cold": [], "wake": [], "warm": []} for m in models}
         answers: dict[str, set[str]] = {m: set() for m in models}

