@@ -50,11 +50,22 @@ def smollm2_gguf() -> Path:
 def save_safetensors(gguf: Path, folder: Path) -> Path:
     """SmolLM2's weights (dequantized) and tokenizer as a float32 safetensors folder."""
     import torch
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.save_pretrained(folder)
+    # transformers refuses save_pretrained on a model read from GGUF: write the tensors ourselves.
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        weights.pop("lm_head.weight", None)  # the same storage as the embeddings
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
