@@ -7,6 +7,10 @@ reports the hit rate (requests served by an already loaded model), loads and
 evictions per 1,000 requests, and p50/p99 of the routing decision alone (choosing a
 replica, or ranking neurons and choosing victims for a cold model).
 
+Parking is off here (``neuron.park_mb = 0``), so every swap is a cold load;
+`benchmarks/swap.py` runs the same simulation with parking on and off, with load and
+wake times, through `run`'s ``swap`` argument.
+
     python benchmarks/fleet_sim.py [--requests 2000] [--neurons 20] [--models 100]
 """
 
@@ -19,6 +23,7 @@ import json
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -34,20 +39,38 @@ from helexa.settings import Catalogue, GatewaySettings, NeuronSettings
 from helexa.testing import serve_app
 
 
-def catalogue(models: int, rng: random.Random) -> dict:
+def catalogue(models: int, rng: random.Random, swap: Swap | None = None) -> dict:
     entries = []
     for i in range(models):
         size = rng.choice([2_000, 4_000, 8_000, 16_000, 24_000])
+        options: dict = {"size_mb": size}
+        if swap is not None:
+            options |= {
+                "load_seconds": size / swap.load_mb_per_s * swap.time_scale,
+                "wake_seconds": size / swap.wake_mb_per_s * swap.time_scale,
+            }
         entries.append(
             {
                 "id": f"sim/model-{i:03d}",
                 "harness": "echo",
                 "vram_mb": size,
                 "priority": rng.choice([0, 0, 0, 5, 10]),
-                "options": {"size_mb": size},
+                "options": options,
             }
         )
     return {"models": entries}
+
+
+@dataclass(frozen=True)
+class Swap:
+    """How long swaps take in a simulation that times them: a cold load reads the weights at
+    ``load_mb_per_s``, a wake copies them back at ``wake_mb_per_s``; sleeps are scaled by
+    ``time_scale`` so a run stays short, and reported seconds are scaled back."""
+
+    park_mb: int
+    load_mb_per_s: float = 2_000
+    wake_mb_per_s: float = 20_000
+    time_scale: float = 0.002
 
 
 def zipf_mix(models: int, requests: int, rng: random.Random, s: float = 1.1) -> list[int]:
@@ -91,23 +114,25 @@ async def drive(url: str, mix: list[str], concurrency: int) -> int:
     return failures
 
 
-def run(strategy: str, args: argparse.Namespace) -> dict:
+def run(strategy: str, args: argparse.Namespace, swap: Swap | None = None) -> dict:
     rng = random.Random(7)
-    models = catalogue(args.models, rng)
+    models = catalogue(args.models, rng, swap)
     mix_ids = zipf_mix(args.models, args.requests, rng)
     mix = [models["models"][i]["id"] for i in mix_ids]
     with contextlib.ExitStack() as stack:
-        urls = {}
+        urls, neurons = {}, []
         for n in range(args.neurons):
+            park_mb = swap.park_mb if swap else 0
             settings = msgspec.convert(
                 {
-                    "neuron": {"default_harness": "echo", "listen": "127.0.0.1:0"},
+                    "neuron": {"default_harness": "echo", "listen": "127.0.0.1:0", "park_mb": park_mb},
                     "harness": {"echo": {"tokens_per_second": 0}},
                     "simulated_devices": [{"name": f"sim-{n}-{d}", "memory_mb": 24_000} for d in range(2)],
                 },
                 NeuronSettings,
             )
-            urls[f"n{n:02d}"] = stack.enter_context(serve_app(neuron_app(Neuron(settings))))
+            neurons.append(Neuron(settings))
+            urls[f"n{n:02d}"] = stack.enter_context(serve_app(neuron_app(neurons[-1])))
         settings = msgspec.convert(
             {
                 "gateway": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0"},
@@ -135,9 +160,27 @@ def run(strategy: str, args: argparse.Namespace) -> dict:
         evictions = sum(
             s.value for m in metrics.evictions.collect() for s in m.samples if s.name.endswith("_total")
         )
+        swap_seconds = sum(
+            s.value for m in metrics.loads.collect() for s in m.samples if s.name.endswith("_sum")
+        )
+        wakes = sum(
+            s.value
+            for n in neurons
+            for m in n.metrics.wakes.collect()
+            for s in m.samples
+            if s.name.endswith("_total") and s.labels["outcome"] == "ok"
+        )
     decisions = hits + placements
     per_1000 = 1000 / args.requests
+    timing = {}
+    if swap is not None:
+        timing = {
+            "cold_loads_per_1000": round((loads - wakes) * per_1000, 1),
+            "wakes_per_1000": round(wakes * per_1000, 1),
+            "swap_seconds_per_request": round(swap_seconds / swap.time_scale / args.requests, 3),
+        }
     return {
+        **timing,
         "requests": args.requests,
         "failed": failures,
         "hit_rate": round(1 - loads / args.requests, 3),

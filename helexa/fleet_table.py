@@ -10,8 +10,10 @@ from rich.table import Table
 
 def _model(model: dict[str, Any]) -> str:
     status = model["status"]
-    colour = {"loaded": "green", "loading": "yellow", "failed": "red"}.get(status, "cyan")
+    colour = {"loaded": "green", "loading": "yellow", "failed": "red", "parked": "blue"}.get(status, "cyan")
     text = f"{model['id']} [{colour}]{status}[/]"
+    if status == "parked" and model.get("parked_mb"):
+        text += f" ({model['parked_mb']} MB in host memory)"
     if status == "loading" and model.get("load_progress") is not None:
         text += f" {model['load_progress']:.0%} {model.get('load_stage') or ''}"
     if model.get("in_flight"):

@@ -171,6 +171,9 @@ class NeuronSection(Section):
     """Memory a CPU-only host offers to models (default: 80% of RAM)."""
     use_gpus: bool = True
     """False serves from the CPU even where GPUs are present."""
+    park_mb: Megabytes | None = None
+    """Host memory for parked models: evicted models whose weights stay in RAM so that loading
+    them again is a copy, not a load (default: a quarter of RAM; 0 turns parking off)."""
     drain_s: Annotated[float, Meta(ge=0)] = 10.0
     unload_timeout_s: Seconds = 20.0
 

@@ -28,6 +28,9 @@ class Resident(msgspec.Struct, frozen=True, kw_only=True):
     priority: int = 0
     """Residency priority from the catalogue: higher stays longer."""
     in_flight: int = 0
+    parks: bool = False
+    """Evicting it parks it on its neuron (weights kept in host memory, woken by a copy later)
+    rather than dropping it: a cheaper eviction to come back from."""
 
 
 Strategy = Callable[[Sequence[Resident], int], list[str] | None]
@@ -65,8 +68,9 @@ def make_room(ordered: Sequence[Resident], needed_mb: int) -> list[str] | None:
     return [m.model_id for m in chosen]
 
 
-def lru_key(model: Resident) -> tuple[int, float, int]:
-    """Never-used models first, then least recently used; larger first on ties (fewer evictions)."""
+def lru_key(model: Resident) -> tuple[int, float, bool, int]:
+    """Never-used models first, then least recently used; on ties one that parks (cheap to bring
+    back), then larger first (fewer evictions)."""
     if model.last_used is None:
-        return (0, 0.0, -model.size_mb)
-    return (1, model.last_used, -model.size_mb)
+        return (0, 0.0, not model.parks, -model.size_mb)
+    return (1, model.last_used, not model.parks, -model.size_mb)

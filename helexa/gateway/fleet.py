@@ -21,7 +21,7 @@ class Replica:
     """A model on one neuron."""
 
     model_id: str
-    status: str  # loading | loaded | failed | unloading
+    status: str  # loading | loaded | parked | failed | unloading
     devices: list[int] = field(default_factory=list)
     vram_mb: int | None = None
     capabilities: list[str] = field(default_factory=list)
@@ -37,6 +37,10 @@ class Replica:
     load_progress: float | None = None
     pending: bool = False
     """The gateway is loading or unloading it right now; polls must not drop it."""
+    parkable: bool = False
+    """Evicting it would park it on its neuron (weights kept in host memory) rather than drop it."""
+    parked_mb: int | None = None
+    """Host memory it holds while parked; a parked model holds no device memory."""
 
 
 @dataclass
@@ -61,7 +65,11 @@ class Node:
         if self.discovery is not None:
             for info in self.discovery.devices:
                 if info.index == device:
-                    used = sum(r.vram_mb or 0 for r in self.replicas.values() if device in r.devices)
+                    used = sum(
+                        r.vram_mb or 0
+                        for r in self.replicas.values()
+                        if device in r.devices and r.status != "parked"
+                    )
                     return max(0, info.vram_total_mb - used)
         return 0
 
@@ -132,6 +140,7 @@ class FleetState:
             replica.capabilities = info.capabilities
             replica.max_model_len = info.max_model_len
             replica.load_stage, replica.load_progress = info.load_stage, info.load_progress
+            replica.parkable, replica.parked_mb = info.parkable, info.parked_mb
         for model_id in list(node.replicas):
             if model_id not in seen and not node.replicas[model_id].pending:
                 del node.replicas[model_id]

@@ -165,7 +165,8 @@ class Lifecycle:
                 if r.status == "loaded" and info.index in (r.devices or [0])
             )
             devices.append(Device(info.index, info.vram_total_mb, node.free_mb(info.index), residents))
-        return NodeView(node.name, tuple(devices))
+        parked = frozenset(m for m, r in node.replicas.items() if r.status == "parked")
+        return NodeView(node.name, tuple(devices), parked)
 
     def resident(self, node: Node, replica: Replica) -> Resident:
         entry = self.entries.get(replica.model_id)
@@ -177,6 +178,7 @@ class Lifecycle:
             pinned=replica.pinned or bool(entry and node.name in entry.pinned_on),
             priority=entry.priority if entry else 0,
             in_flight=replica.in_flight,
+            parks=replica.parkable,
         )
 
     def _plan(self, entry: CatalogueModel, nodes: list[Node]):
@@ -272,15 +274,16 @@ class Lifecycle:
             victim.status, victim.pending = "unloading", True
         node.changes += 1  # polls already under way must not bring the victims back
         for victim in victims:
-            log.info(
-                "evicting %s from %s to make room for %s (strategy %s)",
-                victim.model_id,
-                node.name,
-                entry.id,
-                self.strategy_name,
-            )
             try:
-                await client.unload(victim.model_id)
+                outcome = await client.park(victim.model_id)  # the neuron parks it if it can
+                log.info(
+                    "evicted %s from %s (%s) to make room for %s (strategy %s)",
+                    victim.model_id,
+                    node.name,
+                    outcome,
+                    entry.id,
+                    self.strategy_name,
+                )
             finally:
                 node.replicas.pop(victim.model_id, None)
                 node.changes += 1
@@ -338,9 +341,36 @@ class Lifecycle:
         pair[1].pinned = pair[1].pinned or pinned
         return pair
 
-    async def admin_unload(self, model: str, node: str | None) -> list[str]:
+    async def admin_park(self, model: str, node: str | None) -> dict[str, str]:
+        """Evict a model, parking it where its neuron can; neuron name -> ``parked`` or ``unloaded``."""
         model_id = self.resolve(model)
         targets = [n for n, _ in self.fleet.replicas(model_id) if node is None or n.name == node]
+        if not targets:
+            raise ApiError(
+                404,
+                f"model {model_id!r} is not loaded" + (f" on {node!r}" if node else ""),
+                code="model_not_found",
+            )
+        outcomes = {}
+        for target in targets:
+            replica = target.replicas[model_id]
+            replica.status, replica.pending = "unloading", True
+            target.changes += 1
+            try:
+                outcomes[target.name] = await self.clients[target.name].park(model_id)
+            finally:
+                target.replicas.pop(model_id, None)
+                target.changes += 1
+                await asyncio.shield(asyncio.ensure_future(self.refresh(target.name)))  # type: ignore[arg-type]
+            self.metrics.evictions.labels(model_id, target.name, self.strategy_name, "admin").inc()
+            log.info("%s %s on %s (admin request)", outcomes[target.name], model_id, target.name)
+        return outcomes
+
+    async def admin_unload(self, model: str, node: str | None) -> list[str]:
+        """Unload for good, parked copies included."""
+        model_id = self.resolve(model)
+        held = [*self.fleet.replicas(model_id), *self.fleet.replicas(model_id, "parked")]
+        targets = [n for n, _ in held if node is None or n.name == node]
         if not targets:
             raise ApiError(
                 404,

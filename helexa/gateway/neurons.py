@@ -79,6 +79,18 @@ class NeuronClient:
         if response.status_code not in (200, 404):  # 404: already gone, which is what we wanted
             raise neuron_error(self.name, "unload", response)
 
+    async def park(self, model_id: str) -> str:
+        """Evict ``model_id``, parking it in host memory where the neuron can; returns what became of
+        it (``parked`` or ``unloaded``)."""
+        response = await self.http.post(
+            "/models/park", json={"model_id": model_id}, timeout=self.load_timeout
+        )
+        if response.status_code == 404:  # already gone, which is what we wanted
+            return "unloaded"
+        if response.status_code != 200:
+            raise neuron_error(self.name, "park", response)
+        return str(response.json().get("status", "unloaded"))
+
     async def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
         response = await self.http.post("/v1/tokenize", json=body, timeout=self.poll_timeout * 4)
         if response.status_code != 200:

@@ -2,9 +2,10 @@
 
 Feasibility says whether a neuron could ever hold a catalogue model (pinning,
 device count, per-device memory floor, total memory). Ranking orders the feasible
-healthy neurons: pinned first, then those where it fits in free memory, then those
-where it fits after evicting what it may displace, then most free memory, then
-name. `plan_room` asks the eviction strategy which models to unload on a device.
+healthy neurons: pinned first, then those where the model is parked (a wake is a
+copy from host memory, not a load), then those where it fits in free memory, then
+those where it fits after evicting what it may displace, then most free memory,
+then name. `plan_room` asks the eviction strategy which models to unload on a device.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Device:
 class NodeView:
     name: str
     devices: tuple[Device, ...]
+    parked: frozenset[str] = frozenset()
+    """Models parked on this node: in host memory, holding no device memory."""
 
     @property
     def free_mb(self) -> int:
@@ -147,7 +150,7 @@ def rank(
         picked = rooms[: entry.min_devices]
         evicts = tuple(m for room in picked for m in room[4])
         fits_free = not evicts
-        key = (not pinned, not fits_free, -node.free_mb, node.name)
+        key = (not pinned, entry.id not in node.parked, not fits_free, -node.free_mb, node.name)
         keyed.append((key, Room(node.name, tuple(sorted(r[3] for r in picked)), evicts)))
     keyed.sort(key=lambda pair: pair[0])
     choice.ranked = [room for _, room in keyed]

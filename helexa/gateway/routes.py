@@ -275,6 +275,13 @@ async def admin_load(gateway: Any, scope: Scope, receive: Receive, send: Send) -
     )
 
 
+@route("/admin/models/park", admin=True)
+async def admin_park(gateway: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    request = await read_json(gateway, receive, AdminUnload)
+    outcomes = await gateway.lifecycle.admin_park(request.model, request.node)
+    await send_json(send, 200, {"model": gateway.lifecycle.resolve(request.model), "nodes": outcomes})
+
+
 @route("/admin/models/unload", admin=True)
 async def admin_unload(gateway: Any, scope: Scope, receive: Receive, send: Send) -> None:
     request = await read_json(gateway, receive, AdminUnload)
@@ -295,4 +302,5 @@ ROUTES = [
     admin_fleet,
     admin_load,
     admin_unload,
+    admin_park,
 ]

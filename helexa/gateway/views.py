@@ -94,6 +94,7 @@ def fleet_view(fleet: FleetState, lifecycle: Lifecycle) -> dict[str, Any]:
                         "status": r.status,
                         "devices": r.devices,
                         "vram_mb": r.vram_mb,
+                        "parked_mb": r.parked_mb,
                         "in_flight": r.in_flight,
                         "last_used": r.last_used,
                         "pinned": r.pinned,

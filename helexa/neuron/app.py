@@ -87,7 +87,10 @@ class Neuron:
             self.metrics.memory_used.labels(str(device.index)).set(device.vram_used_mb)
             self.metrics.memory_free.labels(str(device.index)).set(device.vram_free_mb)
         return HealthResponse(
-            uptime_secs=int(time.monotonic() - self.started), devices=devices, activation=self.activation
+            uptime_secs=int(time.monotonic() - self.started),
+            devices=devices,
+            activation=self.activation,
+            parked=self.manager.parking(),
         )
 
     def public_url(self, request: Request) -> str:

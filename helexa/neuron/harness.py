@@ -8,6 +8,11 @@ through it.
 Cancellation: `Harness.generate` returns an async iterator. Closing it (``aclose``)
 aborts the sequence and frees its memory; the serving layer closes it when the
 client disconnects, when a stop string matches, or when it has what it needs.
+
+Parking (optional, `Parking`): a harness that can keep an evicted model's weights in
+host memory offers ``park_size``, ``park`` and ``wake``; the neuron then parks instead
+of dropping when the gateway evicts, and a later load is a wake. A harness without
+them simply unloads.
 """
 
 from __future__ import annotations
@@ -247,4 +252,29 @@ class Harness(Protocol):
 
     async def close(self) -> None:
         """Release everything at shutdown (models are unloaded before this is called)."""
+        ...
+
+
+@runtime_checkable
+class Parking(Protocol):
+    """What a harness adds to park models: evicted, the weights stay in host memory.
+
+    The neuron's model manager calls these, never while the model is generating, and
+    keeps the host-memory budget (``neuron.park_mb``) itself.
+    """
+
+    def park_size(self, model_id: str) -> int | None:
+        """Bytes of host memory the loaded model would hold once parked, or None if it cannot be parked."""
+        ...
+
+    async def park(self, model_id: str) -> None:
+        """Free the model's device memory (KV cache, engine, weights on the device) and release its
+        ledger reservation, keeping the weights in host memory (pinned where that makes the copy back
+        fast). Raise if it cannot; the neuron then unloads it."""
+        ...
+
+    async def wake(self, model_id: str, devices: list[int], progress: LoadProgress) -> LoadedModel:
+        """Bring a parked model back onto ``devices`` (reserving their memory as a load does) so that it
+        answers exactly as after a cold load. Raise if it cannot; the neuron then drops the parked copy
+        with ``unload`` and loads the model from its source. ``unload`` of a parked model frees it."""
         ...

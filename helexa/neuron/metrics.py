@@ -19,6 +19,7 @@ disable_created_metrics()  # the *_created series only add noise for operators
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 LOAD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800)
+WAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class NeuronMetrics:
@@ -70,6 +71,35 @@ class NeuronMetrics:
             "helexa_neuron_device_memory_free_mb", "Device memory free", ["device"], registry=r
         )
         self.models_loaded = Gauge("helexa_neuron_models_loaded", "Models loaded", registry=r)
+        self.parks = Counter(
+            "helexa_neuron_parks",
+            "Evictions by what became of the model: parked in host memory, or unloaded",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.parked_dropped = Counter(
+            "helexa_neuron_parked_dropped",
+            "Parked models dropped from host memory to make room in the park budget",
+            ["model"],
+            registry=r,
+        )
+        self.wakes = Counter(
+            "helexa_neuron_wakes",
+            "Loads served from a parked copy (ok) or that fell back to a cold load (failed)",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.wake_seconds = Histogram(
+            "helexa_neuron_wake_seconds",
+            "Time to wake a parked model back onto its device",
+            ["model"],
+            buckets=WAKE_BUCKETS,
+            registry=r,
+        )
+        self.parked_bytes = Gauge(
+            "helexa_neuron_parked_bytes", "Host memory held by parked models", registry=r
+        )
+        self.models_parked = Gauge("helexa_neuron_models_parked", "Models parked", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

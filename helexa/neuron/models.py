@@ -3,6 +3,10 @@
 Loads are single-flight per model id (a second request for a model that is
 loading waits for the same load), each model has its own admission queue, and
 unloading aborts whatever the model is still generating.
+
+Parking: an evicted model whose harness can park it keeps its weights in host
+memory (status ``parked``, within the `ParkingLot` budget); a later load of it is a
+wake, and a wake that fails falls back to a cold load.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +22,14 @@ from pathlib import Path
 from helexa.errors import ApiError
 from helexa.neuron.admission import Admission
 from helexa.neuron.discovery import Hardware
-from helexa.neuron.harness import Delta, GenerationRequest, Harness, LoadedModel
+from helexa.neuron.harness import Delta, GenerationRequest, Harness, LoadedModel, Parking
 from helexa.neuron.metrics import NeuronMetrics
+from helexa.neuron.parking import MB, ParkingLot, park_budget_bytes, wakes_as
 from helexa.neuron.sources import check_model_id, check_options
 from helexa.neuron.toolformats import ToolFormats
 from helexa.progress import ProgressBoard
 from helexa.settings import NeuronSettings
-from helexa.wire.fleet import ModelInfo, ModelSpec
+from helexa.wire.fleet import ModelInfo, ModelSpec, ParkingHealth
 
 log = logging.getLogger("helexa.neuron.models")
 
@@ -41,10 +46,13 @@ class ModelEntry:
     last_used: float | None = None
     stage: str | None = None
     fraction: float | None = None
+    parked_bytes: int | None = None
+    """Host memory its weights hold while parked."""
     ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
-    def info(self) -> ModelInfo:
-        loaded = self.loaded
+    def info(self, parkable: bool = False) -> ModelInfo:
+        parked = self.status == "parked"
+        loaded = None if parked else self.loaded
         return ModelInfo(
             id=self.spec.model_id,
             harness=self.harness,
@@ -62,6 +70,8 @@ class ModelEntry:
             load_progress=self.fraction if self.status == "loading" else None,
             architecture=loaded.architecture if loaded else None,
             runtime=loaded.runtime if loaded else None,
+            parked_mb=-(-self.parked_bytes // MB) if parked and self.parked_bytes else None,
+            parkable=parkable,
         )
 
 
@@ -82,6 +92,7 @@ class ModelManager:
         self.tool_formats = ToolFormats()
         """The tool-call formats models are read with; the neuron adds the plugins' (`ToolFormats`)."""
         self.entries: dict[str, ModelEntry] = {}
+        self.lot = ParkingLot(park_budget_bytes(settings))
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -91,7 +102,14 @@ class ModelManager:
         if entry is not None and entry.status in ("loading", "loaded"):
             await asyncio.shield(entry.ready)
             return self._ready(spec.model_id)
-        harness_name = spec.harness or self.settings.neuron.default_harness
+        parked = entry if entry is not None and entry.status == "parked" else None
+        if parked is not None and not wakes_as(parked.spec, parked.harness, spec):
+            log.info(
+                "%s is parked with other options than asked for: dropping it to load afresh", spec.model_id
+            )
+            await self.unload(spec.model_id)
+            parked = None
+        harness_name = parked.harness if parked else spec.harness or self.settings.neuron.default_harness
         harness = self._harness(harness_name)
         check_model_id(spec.model_id, [Path(p) for p in self.settings.neuron.model_roots])
         check_options(spec.options)
@@ -102,22 +120,28 @@ class ModelManager:
                 code="cuda_unavailable",
             )
         devices = self._choose_devices(spec)
-        entry = ModelEntry(
-            spec=spec,
-            harness=harness_name,
-            admission=Admission(
-                spec.model_id, self.settings.neuron.max_running, self.settings.neuron.max_queue
-            ),
-        )
+        if parked is not None:  # the same entry wakes: its admission queue and history carry on
+            entry, parked.status = parked, "loading"
+            entry.ready = asyncio.get_running_loop().create_future()
+        else:
+            entry = ModelEntry(
+                spec=spec,
+                harness=harness_name,
+                admission=Admission(
+                    spec.model_id, self.settings.neuron.max_running, self.settings.neuron.max_queue
+                ),
+            )
         self.entries[spec.model_id] = entry
-        task = asyncio.ensure_future(self._load(entry, harness, devices))
+        task = asyncio.ensure_future(self._load(entry, harness, devices, wake=parked is not None))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # reported through entry.ready
         await asyncio.shield(entry.ready)
         return self._ready(spec.model_id)
 
-    async def _load(self, entry: ModelEntry, harness: Harness, devices: list[int]) -> None:
+    async def _load(
+        self, entry: ModelEntry, harness: Harness, devices: list[int], wake: bool = False
+    ) -> None:
         model_id = entry.spec.model_id
-        self.board.start(model_id, f"loading {model_id}")
+        self.board.start(model_id, f"{'waking' if wake else 'loading'} {model_id}")
 
         def progress(stage: str, fraction: float | None) -> None:
             entry.stage, entry.fraction = stage, fraction
@@ -125,7 +149,8 @@ class ModelManager:
 
         started = time.monotonic()
         try:
-            entry.loaded = await harness.load(entry.spec, devices, progress)
+            woken = await self._wake(entry, harness, devices, progress) if wake else None
+            entry.loaded = woken or await harness.load(entry.spec, devices, progress)
         except BaseException as exc:
             self.hardware.ledger.release(model_id)
             entry.status = "failed"
@@ -144,11 +169,38 @@ class ModelManager:
             )
             log.info("%s writes tool calls in the %s format", model_id, loaded.tool_format)
         entry.status, entry.loaded_at, entry.stage, entry.fraction = "loaded", time.time(), None, None
-        elapsed = self.board.finish(model_id, "loaded")
-        self.metrics.load_seconds.labels(model_id, entry.harness, "loaded").observe(elapsed)
+        elapsed = self.board.finish(model_id, "woken" if woken else "loaded")
+        if not woken:
+            self.metrics.load_seconds.labels(model_id, entry.harness, "loaded").observe(elapsed)
         self.metrics.models_loaded.set(sum(e.status == "loaded" for e in self.entries.values()))
         self.hardware.forget_health()
         entry.ready.set_result(None)
+
+    async def _wake(
+        self, entry: ModelEntry, harness: Harness, devices: list[int], progress: Callable[..., None]
+    ) -> LoadedModel | None:
+        """Wake a parked model; None (after dropping the parked copy) when the wake fails."""
+        model_id = entry.spec.model_id
+        self.lot.remove(model_id)
+        self._parked_gauges()
+        entry.parked_bytes = None
+        started = time.monotonic()
+        try:
+            assert isinstance(harness, Parking)
+            loaded = await harness.wake(model_id, devices, progress)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+            log.warning("waking %s failed (%s); loading it from its source instead", model_id, reason)
+            self.metrics.wakes.labels(model_id, "failed").inc()
+            self.hardware.ledger.release(model_id)
+            with suppress(Exception):
+                await harness.unload(model_id)  # the parked copy goes; the cold load starts clean
+            return None
+        elapsed = time.monotonic() - started
+        self.metrics.wakes.labels(model_id, "ok").inc()
+        self.metrics.wake_seconds.labels(model_id).observe(elapsed)
+        log.info("woke %s from host memory in %.2f s", model_id, elapsed)
+        return loaded
 
     def _ready(self, model_id: str) -> ModelEntry:
         entry = self.entries.get(model_id)
@@ -159,6 +211,7 @@ class ModelManager:
         return entry
 
     async def unload(self, model_id: str) -> None:
+        """Unload for good: a parked model's host copy goes too."""
         entry = self.entries.get(model_id)
         if entry is None or entry.status == "failed":
             self.entries.pop(model_id, None)
@@ -168,15 +221,77 @@ class ModelManager:
                 await asyncio.shield(entry.ready)
         if entry.status == "unloading":
             raise ApiError(409, f"model {model_id!r} is already being unloaded", code="model_unloading")
+        was_parked = entry.status == "parked"
         entry.status = "unloading"  # every generation still running ends at its next step (Generation)
         try:
             await self.harnesses[entry.harness].unload(model_id)
         finally:
             self.hardware.ledger.release(model_id)
             self.entries.pop(model_id, None)
+            self.lot.remove(model_id)
+            self._parked_gauges()
             self.hardware.forget_health()
             self.metrics.models_loaded.set(sum(e.status == "loaded" for e in self.entries.values()))
-            log.info("unloaded %s", model_id)
+            log.info("%s %s", "dropped parked" if was_parked else "unloaded", model_id)
+
+    async def park(self, model_id: str) -> str:
+        """Evict a model, keeping its weights in host memory where the harness and the budget allow;
+        returns ``parked`` or ``unloaded`` (what became of it)."""
+        entry = self.entries.get(model_id)
+        if entry is not None and entry.status == "loading":
+            with suppress(Exception):
+                await asyncio.shield(entry.ready)
+        if entry is not None and entry.status == "parked":
+            return "parked"
+        if entry is None or entry.status != "loaded":
+            await self.unload(model_id)  # answers 404/409 as an unload would
+            return "unloaded"
+        harness = self.harnesses[entry.harness]
+        size = self._park_size(entry)
+        drop = self.lot.to_drop(size) if size is not None else None
+        if size is None or drop is None:
+            self.metrics.parks.labels(model_id, "unloaded").inc()
+            await self.unload(model_id)
+            return "unloaded"
+        for oldest in drop:
+            log.info("dropping parked %s to make room in the park budget for %s", oldest, model_id)
+            self.metrics.parked_dropped.labels(oldest).inc()
+            await self.unload(oldest)
+        entry.status = "unloading"  # generations still running end at their next step
+        try:
+            assert isinstance(harness, Parking)
+            await harness.park(model_id)
+        except Exception as exc:
+            log.warning("parking %s failed (%s); unloading it instead", model_id, exc)
+            entry.status = "loaded"
+            self.metrics.parks.labels(model_id, "unloaded").inc()
+            await self.unload(model_id)
+            return "unloaded"
+        self.hardware.ledger.release(model_id)
+        entry.status, entry.parked_bytes = "parked", size
+        self.lot.add(model_id, size)
+        self._parked_gauges()
+        self.hardware.forget_health()
+        self.metrics.parks.labels(model_id, "parked").inc()
+        self.metrics.models_loaded.set(sum(e.status == "loaded" for e in self.entries.values()))
+        log.info("parked %s: %d MB of weights kept in host memory", model_id, -(-size // MB))
+        return "parked"
+
+    def _park_size(self, entry: ModelEntry) -> int | None:
+        harness = self.harnesses[entry.harness]
+        if not isinstance(harness, Parking) or self.lot.budget <= 0:
+            return None
+        return harness.park_size(entry.spec.model_id)
+
+    def _parkable(self, entry: ModelEntry) -> bool:
+        if entry.status != "loaded":
+            return False
+        size = self._park_size(entry)
+        return size is not None and self.lot.fits(size)
+
+    def _parked_gauges(self) -> None:
+        self.metrics.parked_bytes.set(self.lot.used)
+        self.metrics.models_parked.set(len(self.lot.parked))
 
     async def unload_all(self, timeout_s: float) -> None:
         for model_id, entry in list(self.entries.items()):
@@ -212,7 +327,12 @@ class ModelManager:
         return Generation(self, entry, request)
 
     def list(self) -> list[ModelInfo]:
-        return [e.info() for e in self.entries.values()]
+        return [e.info(self._parkable(e)) for e in self.entries.values()]
+
+    def parking(self) -> ParkingHealth:
+        return ParkingHealth(
+            models=list(self.lot.parked), used_mb=-(-self.lot.used // MB), budget_mb=self.lot.budget // MB
+        )
 
     # --- helpers -------------------------------------------------------------
 

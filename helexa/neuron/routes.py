@@ -82,9 +82,20 @@ async def load(request: Request) -> LoadResponse:
 
 @post("/models/unload", status_code=200)
 async def unload(request: Request) -> LoadResponse:
+    """Unload for good: device memory and any parked copy in host memory."""
     body = decode(await request.body(), UnloadRequest)
     await neuron_of(request.app).manager.unload(body.model_id)
     return LoadResponse(status="unloaded")
+
+
+@post("/models/park", status_code=200)
+async def park(request: Request) -> LoadResponse:
+    """Evict, keeping the weights in host memory where the harness and budget allow (else unload)."""
+    body = decode(await request.body(), UnloadRequest)
+    manager = neuron_of(request.app).manager
+    outcome = await manager.park(body.model_id)
+    entry = manager.entries.get(body.model_id)
+    return LoadResponse(status=outcome, model=entry.info() if entry is not None else None)
 
 
 @get("/models/{rest:path}", sync_to_thread=False)
@@ -275,6 +286,7 @@ ROUTES = [
     models,
     load,
     unload,
+    park,
     endpoint,
     metrics,
     openai_models,

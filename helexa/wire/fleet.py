@@ -22,6 +22,9 @@ class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class UnloadRequest(msgspec.Struct, kw_only=True):
+    """The body of ``POST /models/unload`` (unload for good, parked copy included) and
+    ``POST /models/park`` (free the device, keep the weights in host memory)."""
+
     model_id: str
 
 
@@ -75,11 +78,21 @@ class ActivationStatus(msgspec.Struct, kw_only=True):
     failed: list[ActivationFailure] = msgspec.field(default_factory=list)
 
 
+class ParkingHealth(msgspec.Struct, kw_only=True):
+    """Models parked in host memory, and the budget they live in."""
+
+    models: list[str] = msgspec.field(default_factory=list)
+    """Oldest parked first (the next to be dropped when the budget is full)."""
+    used_mb: int = 0
+    budget_mb: int = 0
+
+
 class HealthResponse(msgspec.Struct, kw_only=True):
     uptime_secs: int
     devices: list[DeviceHealth]
     activation: ActivationStatus = msgspec.field(default_factory=ActivationStatus)
     status: str = "ok"  # ok | draining
+    parked: ParkingHealth = msgspec.field(default_factory=ParkingHealth)
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):
@@ -87,7 +100,7 @@ class ModelInfo(msgspec.Struct, kw_only=True):
 
     id: str
     harness: str
-    status: str  # loading | loaded | failed | unloading
+    status: str  # loading | loaded | parked | failed | unloading
     devices: list[int] = msgspec.field(default_factory=list)
     vram_used_mb: int | None = None
     capabilities: list[str] = msgspec.field(default_factory=list)
@@ -102,10 +115,15 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     architecture: str | None = None
     runtime: str | None = None
     """``native``, or ``fallback`` when the harness runs the architecture through transformers."""
+    parked_mb: int | None = None
+    """Host memory the model's weights hold while it is parked (it holds no device memory then)."""
+    parkable: bool = False
+    """Evicting it would park it (a later wake is a copy, not a load) rather than drop it."""
 
 
 class LoadResponse(msgspec.Struct, kw_only=True):
     status: str
+    """``loaded``, ``unloaded``, or ``parked``."""
     model: ModelInfo | None = None
 
 

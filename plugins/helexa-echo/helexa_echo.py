@@ -16,6 +16,10 @@ What it says: the last user message, or a script. Options come from
 ``max_model_len``      context length (default 8192)
 ``load_seconds``       how long a load takes (default 0)
 ``fail_load``          if set, loads fail with this message
+``wake_seconds``       how long waking a parked model takes (default 0)
+``fail_wake``          if set, waking the parked model fails with this message
+``parkable``           whether eviction may park the model (default true); a parked
+                       model holds ``size_mb`` of host memory and no device memory
 ``capabilities``       default ``["text", "tools"]``
 ``tool_format``        the tool-call format it claims to write (default: detected, ``hermes``)
 ``chat_template``      the chat template it reports (default none), for format detection
@@ -70,6 +74,9 @@ DEFAULTS: dict[str, Any] = {
     "max_model_len": 8192,
     "load_seconds": 0.0,
     "fail_load": None,
+    "wake_seconds": 0.0,
+    "fail_wake": None,
+    "parkable": True,
     "capabilities": ["text", "tools"],
     "script": None,
     "tool_format": None,
@@ -116,6 +123,7 @@ class EchoHarness:
         self.context = context
         self.models: dict[str, dict[str, Any]] = {}
         self.usage: dict[str, dict[int, int]] = {}
+        self.parked: dict[str, dict[str, Any]] = {}
 
     async def load(self, spec: ModelSpec, devices: list[int], progress: LoadProgress) -> LoadedModel:
         options = {**DEFAULTS, **self.context.options, **spec.options}
@@ -135,8 +143,14 @@ class EchoHarness:
         progress("ready", 1.0)
         self.models[spec.model_id] = options
         self.usage[spec.model_id] = need
+        return self._loaded(spec.model_id, devices, need, options)
+
+    @staticmethod
+    def _loaded(
+        model_id: str, devices: list[int], need: dict[int, int], options: dict[str, Any]
+    ) -> LoadedModel:
         return LoadedModel(
-            model_id=spec.model_id,
+            model_id=model_id,
             devices=devices,
             memory_mb=need,
             capabilities=list(options["capabilities"]),
@@ -149,8 +163,40 @@ class EchoHarness:
 
     async def unload(self, model_id: str) -> None:
         self.models.pop(model_id, None)
+        self.parked.pop(model_id, None)
         self.usage.pop(model_id, None)
         self.context.ledger.release(model_id)
+
+    # Parking: the model's "weights" (its options) stay; its device memory is released.
+
+    def park_size(self, model_id: str) -> int | None:
+        options = self.models.get(model_id)
+        if options is None or not options["parkable"]:
+            return None
+        return int(options["size_mb"]) * 1024 * 1024
+
+    async def park(self, model_id: str) -> None:
+        self.parked[model_id] = self._options(model_id)
+        self.models.pop(model_id)
+        self.usage.pop(model_id, None)
+        self.context.ledger.release(model_id)
+
+    async def wake(self, model_id: str, devices: list[int], progress: LoadProgress) -> LoadedModel:
+        options = self.parked[model_id]
+        if options["fail_wake"]:
+            raise RuntimeError(str(options["fail_wake"]))
+        need = {device: int(options["size_mb"]) for device in devices}
+        self.context.ledger.reserve(model_id, need)
+        progress("copying weights back", 0.0)
+        try:
+            await asyncio.sleep(float(options["wake_seconds"]))
+        except BaseException:
+            self.context.ledger.release(model_id)
+            raise
+        progress("ready", 1.0)
+        self.models[model_id] = self.parked.pop(model_id)
+        self.usage[model_id] = need
+        return self._loaded(model_id, devices, need, options)
 
     async def tokenize(self, model_id: str, source: ChatPrompt | str) -> Prompt:
         self._options(model_id)
@@ -232,6 +278,7 @@ class EchoHarness:
 
     async def close(self) -> None:
         self.models.clear()
+        self.parked.clear()
 
 
 def simplest(schema: Any) -> Any:

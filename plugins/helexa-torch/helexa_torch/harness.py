@@ -1,4 +1,10 @@
-"""The torch harness: loads models into our engine and serves them through the harness contract."""
+"""The torch harness: loads models into our engine and serves them through the harness contract.
+
+It parks too (`helexa.neuron.harness.Parking`): a parked model's engine and KV cache
+are freed; on CUDA its weights move to pinned host memory (the copy back runs at
+full PCIe speed), on a CPU they stay where they are. A wake builds a new engine and
+KV cache around the same weights, so it answers exactly as the model did before.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +58,22 @@ def deliver_on_their_loops(outputs: list[Output]) -> None:
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class EngineShape:
+    """How a model's engine is built, kept so that a parked model's engine can be rebuilt on wake."""
+
+    num_blocks: int
+    block_size: int
+    dtype: torch.dtype
+    device: torch.device
+    eos_ids: set[int]
+    max_model_len: int
+    max_num_seqs: int
+    max_batched_tokens: int
+    state_cache: Any = None
+    """A hybrid model's recurrent-state plan (`plan_states`); None for attention-only models."""
+
+
 @dataclass
 class Served:
     engine: Engine
@@ -60,11 +82,22 @@ class Served:
     vocab_size: int
     threads: int | None
     """CPU threads the operator fixed for this model, or None for a fair share."""
+    shape: EngineShape
+    weight_bytes: int
     groups: dict[str, Sequence] = field(default_factory=dict)
     """The first sequence of each group of n choices still prefilling, which its siblings wait for."""
     grammar_ready: asyncio.Lock = field(default_factory=asyncio.Lock)
     hidden: frozenset[int] = frozenset()
     """Special tokens left out of the text; tool and think markers stay, so parsing sees them."""
+
+
+@dataclass
+class Parked:
+    """A parked model: its weights in host memory and what it takes to serve it again."""
+
+    model: CausalLM
+    served: Served
+    """As it was served; its engine is stopped and holds nothing."""
 
 
 class TorchHarness:
@@ -73,6 +106,7 @@ class TorchHarness:
     def __init__(self, context: HarnessContext) -> None:
         self.context = context
         self.models: dict[str, Served] = {}
+        self.parked: dict[str, Parked] = {}
 
     def _architecture(self, config: Any) -> type[CausalLM]:
         """The native architecture for a config, else the transformers fallback, else a 422 naming both."""
@@ -200,23 +234,19 @@ class TorchHarness:
             return built.eval()
 
         threads = int(options["threads"]) if options.get("threads") else None
+        shape = EngineShape(
+            num_blocks=num_blocks,
+            block_size=block_size,
+            dtype=dtype,
+            device=device,
+            eos_ids=checkpoint.eos_ids,
+            max_model_len=max_len,
+            max_num_seqs=max_num_seqs,
+            max_batched_tokens=int(options.get("max_batched_tokens", 8192 if device.type == "cuda" else 512)),
+            state_cache=states,
+        )
         try:
-            engine = Engine(
-                spec.model_id,
-                materialize,
-                num_blocks=num_blocks,
-                block_size=block_size,
-                dtype=dtype,
-                device=device,
-                eos_ids=checkpoint.eos_ids,
-                max_model_len=max_len,
-                max_num_seqs=max_num_seqs,
-                max_batched_tokens=int(
-                    options.get("max_batched_tokens", 8192 if device.type == "cuda" else 512)
-                ),
-                threads=threads or self._fair_share(extra=1),
-                state_cache=states,
-            )
+            engine = self._engine(spec.model_id, materialize, shape, threads)
         except BaseException:
             self.context.ledger.release(spec.model_id)
             raise
@@ -252,7 +282,31 @@ class TorchHarness:
             per_token,
         )
         return Served(
-            engine, tokenizer, loaded, model.vocab_size, threads, hidden_specials(tokenizer, markers)
+            engine,
+            tokenizer,
+            loaded,
+            model.vocab_size,
+            threads,
+            shape,
+            weight_bytes,
+            hidden=hidden_specials(tokenizer, markers),
+
+    def _engine(
+        self, model_id: str, model: Callable[[], CausalLM], shape: EngineShape, threads: int | None
+    ) -> Engine:
+        return Engine(
+            model_id,
+            model,
+            num_blocks=shape.num_blocks,
+            block_size=shape.block_size,
+            dtype=shape.dtype,
+            device=shape.device,
+            eos_ids=shape.eos_ids,
+            max_model_len=shape.max_model_len,
+            max_num_seqs=shape.max_num_seqs,
+            max_batched_tokens=shape.max_batched_tokens,
+            threads=threads or self._fair_share(extra=1),
+            state_cache=shape.state_cache,
         )
 
     def _fair_share(self, extra: int = 0) -> int:
@@ -267,13 +321,72 @@ class TorchHarness:
 
     async def unload(self, model_id: str) -> None:
         served = self.models.pop(model_id, None)
+        parked = self.parked.pop(model_id, None)
         if served is not None:
             await off_loop(served.engine.stop)
-            del served
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            self._share_cores()
+        del served, parked  # the last references: weights and cache go with them
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self._share_cores()
         self.context.ledger.release(model_id)
+
+    # --- parking -------------------------------------------------------------------
+
+    def park_size(self, model_id: str) -> int | None:
+        served = self.models.get(model_id)
+        return served.weight_bytes if served is not None else None
+
+    async def park(self, model_id: str) -> None:
+        served = self._served(model_id)
+        engine = served.engine
+        await off_loop(engine.stop)
+        model = engine.runner.model
+        del engine.runner  # the KV cache goes with the runner
+        if served.shape.device.type == "cuda":
+            await off_loop(to_pinned_host, model, served.shape.device)
+        self.models.pop(model_id, None)
+        self.parked[model_id] = Parked(model, served)
+        self.context.ledger.release(model_id)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self._share_cores()
+
+    async def wake(self, model_id: str, devices: list[int], progress: LoadProgress) -> LoadedModel:
+        parked = self.parked.get(model_id)
+        if parked is None:
+            raise ApiError(
+                404, f"model {model_id!r} is not parked in the torch harness", code="model_not_found"
+            )
+        served, device = parked.served, self._device(devices)
+        if device != served.shape.device:  # rotary tables and the like were built for that device
+            raise ApiError(
+                409, f"{model_id} was parked from {served.shape.device}, not {device}", code="wake_elsewhere"
+            )
+        self.context.ledger.reserve(model_id, dict(served.loaded.memory_mb))
+        progress("waking: copying weights back", 0.1)
+        model = parked.model
+
+        def restore() -> CausalLM:  # on the engine's thread, like a load's materialize
+            if device.type == "cuda":
+                model._apply(lambda t: t.to(device, non_blocking=True))
+                torch.cuda.synchronize(device)
+            progress("allocating the KV cache", 0.9)
+            return model
+
+        try:
+            engine = self._engine(model_id, restore, served.shape, served.threads)
+            engine.deliver = deliver_on_their_loops
+            await asyncio.wrap_future(engine.ready)
+        except BaseException:
+            self.context.ledger.release(model_id)
+            raise
+        engine.grammar = served.engine.grammar  # the grammar tokenizer outlives the engine
+        served.engine = engine
+        served.groups.clear()
+        self.parked.pop(model_id, None)
+        self.models[model_id] = served
+        self._share_cores()
+        return served.loaded
 
     def _served(self, model_id: str) -> Served:
         served = self.models.get(model_id)
@@ -368,8 +481,21 @@ class TorchHarness:
         return {model_id: dict(served.loaded.memory_mb) for model_id, served in self.models.items()}
 
     async def close(self) -> None:
-        for model_id in list(self.models):
+        for model_id in [*self.models, *self.parked]:
             await self.unload(model_id)
+
+
+def to_pinned_host(model: torch.nn.Module, device: torch.device) -> None:
+    """Move every parameter and buffer to page-locked host memory, from which the copy back is fast."""
+
+    def pinned(t: torch.Tensor) -> torch.Tensor:
+        host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        return host
+
+    with torch.no_grad():
+        model._apply(pinned)
+    torch.cuda.synchronize(device)
 
 
 async def off_loop(fn: Callable[..., T], *args: Any) -> T:
