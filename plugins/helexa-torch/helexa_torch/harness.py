@@ -290,6 +290,7 @@ class TorchHarness:
             shape,
             weight_bytes,
             hidden=hidden_specials(tokenizer, markers),
+        )
 
     def _engine(
         self, model_id: str, model: Callable[[], CausalLM], shape: EngineShape, threads: int | None
