@@ -34,8 +34,17 @@ class ClientGone(Exception):
     """The client disconnected before the answer was complete."""
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole request body, or a 413 once it passes ``limit`` bytes."""
+async def read_body(receive: Receive, limit: int, timeout: float | None = None) -> bytes:
+    """The whole request body, or a 413 once it passes ``limit`` bytes, or a 408 when it has not
+    all arrived within ``timeout`` seconds (a client trickling its body cannot hold a slot forever)."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(receive, limit)
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout:.0f} s") from None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
     while True:
@@ -62,6 +71,8 @@ def decode(body: bytes, struct: type[T]) -> T:
         raise ApiError(400, f"invalid request: {detail}", param=field) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec recurses per level: a hostile body must not become a 500
+        raise ApiError(400, "request body is nested too deeply") from None
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -89,10 +100,18 @@ async def send_json(
     await send_bytes(send, status, msgspec.json.encode(payload), JSON, headers)
 
 
+def envelope(error: ApiError, anthropic: bool) -> tuple[int, dict[str, Any]]:
+    """Status and body of ``error`` in a protocol's envelope. Anthropic clients expect an overloaded
+    service to answer 529 ``overloaded_error`` (their SDKs retry it), where OpenAI's expect 503."""
+    if not anthropic:
+        return error.status, error.openai_body()
+    return (529 if error.status == 503 else error.status), error.anthropic_body()
+
+
 async def send_error(send: Send, error: ApiError, anthropic: bool = False) -> None:
-    body = error.anthropic_body() if anthropic else error.openai_body()
+    status, body = envelope(error, anthropic)
     headers = [(k.encode(), v.encode()) for k, v in error.headers().items()]
-    await send_json(send, error.status, body, headers)
+    await send_json(send, status, body, headers)
 
 
 async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
@@ -176,6 +195,12 @@ def error_response(request: Any, exc: Exception) -> Any:
         error = exc
     elif isinstance(status, int):  # litestar's HTTPException and friends
         detail = str(getattr(exc, "detail", "")) or "error"
+        problems = getattr(exc, "extra", None)
+        if status == 400 and isinstance(problems, list) and problems:  # litestar's body validation
+            detail = "invalid request: " + "; ".join(
+                f"{p.get('key') or 'body'}: {p.get('message')}" if isinstance(p, dict) else str(p)
+                for p in problems
+            )
         if status == 404:
             detail = f"no route {request.method} {request.url.path}"
         elif status == 405:
@@ -184,6 +209,5 @@ def error_response(request: Any, exc: Exception) -> Any:
     else:
         logging.getLogger("helexa").exception("unexpected error on %s", request.url.path)
         error = ApiError(500, f"internal error: {type(exc).__name__}: {exc}")
-    anthropic = request.url.path.startswith("/v1/messages")
-    body = error.anthropic_body() if anthropic else error.openai_body()
-    return Response(body, status_code=error.status, headers=error.headers())
+    status, body = envelope(error, request.url.path.startswith("/v1/messages"))
+    return Response(body, status_code=status, headers=error.headers())

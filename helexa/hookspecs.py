@@ -40,13 +40,22 @@ def register_harnesses(register: Register) -> None:
 
 @hookspec
 def register_architectures(register: Register) -> None:
-    """Offer model architectures to the torch harness.
+    """Offer model architectures to the torch harness (`helexa_torch`).
 
     Call ``register(name, factory)`` where ``name`` is the Hugging Face
-    ``architectures[0]`` value of the configs it serves (``"LlamaForCausalLM"``)
-    and ``factory(hf_config, dtype, device)`` returns an ``nn.Module`` that follows
-    the torch harness's forward contract and loads weights from ``(name, tensor)``
-    pairs.
+    ``architectures[0]`` value of the configs it serves (``"LlamaForCausalLM"``);
+    register the same factory under the config's ``model_type`` too (``"llama"``),
+    which is how a GGUF file's config, listing no architecture, is matched.
+    ``factory()`` takes no arguments and returns the model *class*, a subclass of
+    ``helexa_torch.models.causal_lm.CausalLM``. The harness builds it on the meta
+    device as ``cls(hf_config, device, max_positions)``, casts it with
+    ``.to(dtype)``, materializes it with ``model.materialize(device)`` and streams
+    checkpoint weights in with ``model.load_weights(pairs)`` (``(name, tensor)``
+    pairs in checkpoint naming, safetensors or GGUF). The class follows the
+    engine's forward contract: ``forward(input_ids, positions, ctx, caches)`` over the
+    whole batch and ``compute_logits(hidden)`` for the last positions only. A name
+    the harness has no entry for falls back to ``TransformersForCausalLM``, whose
+    class also answers ``unsupported(hf_config)`` with a reason or None.
     """
 
 
@@ -73,9 +82,14 @@ def register_tool_parsers(register: Register) -> None:
 def register_eviction_strategies(register: Register) -> None:
     """Offer eviction strategies, chosen by name in `gateway.toml` (``[eviction] strategy``).
 
-    Call ``register(name, factory)``; ``factory()`` returns a callable
-    ``choose(models, needed_mb) -> list[str] | None`` over a node's resident models
-    (`helexa.eviction.Resident`): the ids to unload to free at least ``needed_mb``,
-    or ``None`` when room cannot be made. It must never choose a pinned model or
-    one with requests in flight.
+    Call ``register(name, factory)``; ``factory()`` takes no arguments and returns a
+    callable ``choose(models, needed_mb) -> list[str] | None``. ``models`` are the
+    residents of one device that placement allows to move (`helexa.eviction.Resident`:
+    size, last use, pin, catalogue priority, requests in flight; pinned, busy and
+    too-recently-loaded models are already left out, and under a strategy named
+    ``priority`` so are models of higher priority than the one coming in). It
+    returns the ids to unload to free at least ``needed_mb``, ``[]`` when
+    ``needed_mb`` is not positive, or ``None`` when room cannot be made. It must
+    never choose a pinned model or one with requests in flight
+    (`helexa.eviction.make_room` keeps these rules for the built-ins).
     """

@@ -18,6 +18,9 @@ from typing import Any
 
 import uvicorn
 
+from helexa.connections import protocol
+from helexa.settings import HttpSection
+
 log = logging.getLogger("helexa.runner")
 
 
@@ -35,6 +38,8 @@ class Listener:
     name: str
     sock: socket.socket | None = None
     lifespan: str = "on"
+    http: HttpSection | None = None
+    """Connection limits (default: `HttpSection`'s defaults)."""
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -44,6 +49,7 @@ def split_address(address: str) -> tuple[str, int]:
 
 def make_server(listener: Listener, drain_s: float) -> Server:
     host, port = split_address(listener.address)
+    limits = listener.http or HttpSection()
     config = uvicorn.Config(
         listener.app,
         host=host,
@@ -52,9 +58,9 @@ def make_server(listener: Listener, drain_s: float) -> Server:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(drain_s, 0.1),
-        timeout_keep_alive=30,
+        timeout_keep_alive=limits.keepalive_timeout_s,  # type: ignore[arg-type]
         loop="none",
-        http="httptools",
+        http=protocol(limits),
         ws="none",
     )
     return Server(config)

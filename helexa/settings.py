@@ -36,6 +36,20 @@ class PluginsSection(Section):
     """For a name offered by two plugins: ``"harness.echo" = "plugin-name"``."""
 
 
+class HttpSection(Section):
+    """Limits on client connections, the same on every listener of a role (see helexa.connections)."""
+
+    header_timeout_s: Seconds = 10.0
+    """A connection must send a request's complete headers within this long (from connecting, or
+    from the end of the previous answer), or it is closed: idle and trickling sockets cannot pile up."""
+    body_timeout_s: Seconds = 60.0
+    """A request's body must arrive within this long after its headers (else 408)."""
+    keepalive_timeout_s: Seconds = 30.0
+    """An idle keep-alive connection is closed after this long."""
+    max_connections: PositiveInt = 8192
+    """Connections beyond this many are closed as soon as they open (raise ``LimitNOFILE`` to match)."""
+
+
 # --- gateway.toml ------------------------------------------------------------
 
 
@@ -112,6 +126,7 @@ class GatewaySettings(Section):
     auth: AuthSection = msgspec.field(default_factory=AuthSection)
     neurons: list[NeuronRef] = []
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
+    http: HttpSection = msgspec.field(default_factory=HttpSection)
 
 
 # --- models.toml -------------------------------------------------------------
@@ -195,6 +210,7 @@ class NeuronSettings(Section):
     harness: dict[str, dict[str, Any]] = {}
     """Per-harness options, e.g. ``[harness.torch] dtype = "bfloat16"``."""
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
+    http: HttpSection = msgspec.field(default_factory=HttpSection)
 
 
 # --- bench.toml --------------------------------------------------------------
@@ -241,6 +257,7 @@ class BenchSettings(Section):
     scenarios: ScenariosSection = msgspec.field(default_factory=ScenariosSection)
     api: BenchApiSection = msgspec.field(default_factory=BenchApiSection)
     targets: list[BenchTarget] = []
+    http: HttpSection = msgspec.field(default_factory=HttpSection)
 
 
 # --- standalone ---------------------------------------------------------------------
@@ -271,6 +288,7 @@ class StandaloneSection(Section):
 class StandaloneSettings(Section):
     standalone: StandaloneSection = msgspec.field(default_factory=StandaloneSection)
     auth: AuthSection = msgspec.field(default_factory=AuthSection)
+    http: HttpSection = msgspec.field(default_factory=HttpSection)
 
 
 KINDS: dict[str, type[Section]] = {

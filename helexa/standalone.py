@@ -66,6 +66,7 @@ def plan(settings: StandaloneSettings) -> tuple[GatewaySettings, Catalogue, Neur
                 "use_gpus": s.device != "cpu",
             },
             "default_models": [{"model_id": model_id, "harness": "torch", "options": options}],
+            "http": msgspec.to_builtins(settings.http),
         },
         NeuronSettings,
     )
@@ -90,6 +91,7 @@ def plan(settings: StandaloneSettings) -> tuple[GatewaySettings, Catalogue, Neur
             "lifecycle": {"keepalive_s": 2.0},
             "neurons": [{"name": "local", "endpoint": f"http://{s.host}:{s.neuron_port}"}],
             "auth": msgspec.to_builtins(settings.auth),
+            "http": msgspec.to_builtins(settings.http),
         },
         GatewaySettings,
     )
@@ -132,10 +134,14 @@ def run(config_path: Path | None, overrides: dict[str, Any]) -> int:
     )
     return run_listeners(
         [
-            Listener(neuron_app(neuron), neuron_settings.neuron.listen, "neuron"),
-            Listener(create_app(gateway), gateway_settings.gateway.listen, "gateway API"),
+            Listener(neuron_app(neuron), neuron_settings.neuron.listen, "neuron", http=settings.http),
+            Listener(create_app(gateway), gateway_settings.gateway.listen, "gateway API", http=settings.http),
             Listener(
-                metrics_app(gateway.metrics), gateway_settings.gateway.metrics_listen, "gateway metrics"
+                metrics_app(gateway.metrics),
+                gateway_settings.gateway.metrics_listen,
+                "gateway metrics",
+                lifespan="off",
+                http=settings.http,
             ),
         ],
         drain_s=5.0,

@@ -276,8 +276,8 @@ ROUTES = [
     ("POST", "/v1/chat/completions", "user"),
     ("POST", "/v1/completions", "user"),
     ("POST", "/v1/responses", "user"),
-    ("POST", "/v1/embeddings", "user"),
     ("GET", "/v1/models", "user"),
+    ("GET", "/v1/models/cat/small", "user"),
     ("POST", "/v1/messages", "user"),
     ("POST", "/v1/messages/count_tokens", "user"),
     ("GET", "/admin/fleet", "admin"),
@@ -285,6 +285,7 @@ ROUTES = [
     ("POST", "/admin/models/unload", "admin"),
     ("GET", "/health", "open"),
     ("GET", "/version", "open"),
+    ("GET", "/openapi.json", "open"),
 ]
 
 

@@ -21,7 +21,7 @@ MODULES = {
 
         @hookimpl
         def register_architectures(register):
-            register("GoodForCausalLM", lambda *a: "module")
+            register("GoodForCausalLM", lambda: type("GoodForCausalLM", (), {}))
     """,
     "hx_broken": """
         raise ImportError("libcuda.so.1: cannot open shared object file")

@@ -76,5 +76,6 @@ def run(config_path: Path | None, overrides: dict[str, Any]) -> int:
             store.close()
 
     return run_listeners(
-        [Listener(create_api(store, [lifespan]), settings.api.listen, "bench API")], drain_s=5
+        [Listener(create_api(store, [lifespan]), settings.api.listen, "bench API", http=settings.http)],
+        drain_s=5,
     )

@@ -7,69 +7,21 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 from litestar import Litestar
+from litestar.di import Provide
 
 from helexa import config
 from helexa.asgi import error_response
-from helexa.gateway.anthropic import ANTHROPIC_ROUTES
-from helexa.gateway.auth import Keys
-from helexa.gateway.fleet import FleetState, Lease
-from helexa.gateway.lifecycle import Lifecycle
-from helexa.gateway.metrics import GatewayMetrics, metrics_app
-from helexa.gateway.neurons import NeuronClient
-from helexa.gateway.poller import Poller
-from helexa.gateway.proxy import Upstream
-from helexa.gateway.routes import ROUTES
-from helexa.plugins import load_plugins
+from helexa.gateway import control, routes
+from helexa.gateway.metrics import metrics_app
+from helexa.gateway.service import Gateway
+from helexa.openapi import openapi_config, openapi_route
 from helexa.runner import split_address
 from helexa.settings import Catalogue, GatewaySettings
 
+__all__ = ["Gateway", "create_app", "run"]
+
 log = logging.getLogger("helexa.gateway")
-
-
-class Gateway:
-    """Everything one gateway process owns."""
-
-    def __init__(
-        self,
-        settings: GatewaySettings,
-        catalogue: Catalogue,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.settings = settings
-        self.catalogue = catalogue
-        self.metrics = GatewayMetrics()
-        self.fleet = FleetState(settings.neurons, settings.poller.unhealthy_after)
-        self.clients = {
-            n.name: NeuronClient(n.name, n.endpoint, settings, transport) for n in settings.neurons
-        }
-        self.poller = Poller(self.fleet, self.clients, settings.poller.interval_s, self.metrics)
-        plugins = load_plugins(disabled=settings.plugins.disable, prefer=settings.plugins.prefer)
-        strategy = plugins.eviction_strategies.get(settings.eviction.strategy)()
-        self.lifecycle = Lifecycle(
-            settings, catalogue, self.fleet, self.clients, strategy, self.metrics, self.poller.poll
-        )
-        self.keys = Keys(settings.auth)
-        self.max_body = int(settings.gateway.max_body_mb * 1024 * 1024)
-
-    def upstream(self, lease: Lease) -> Upstream:
-        proxy = self.settings.proxy
-        return Upstream(
-            self.clients[lease.node.name],
-            lease,
-            self.metrics,
-            proxy.stall_timeout_s,
-            proxy.first_byte_timeout_s,
-        )
-
-    async def start(self) -> None:
-        self.poller.start()
-
-    async def stop(self) -> None:
-        await self.poller.stop()
-        for client in self.clients.values():
-            await client.close()
 
 
 def create_app(gateway: Gateway) -> Litestar:
@@ -81,12 +33,17 @@ def create_app(gateway: Gateway) -> Litestar:
         finally:
             await gateway.stop()
 
+    def provide_gateway() -> Gateway:
+        return gateway
+
     app = Litestar(
-        [*ROUTES, *ANTHROPIC_ROUTES],
+        [*routes.ROUTES, *control.ROUTES, openapi_route(routes.DESCRIBED)],
+        dependencies={"gateway": Provide(provide_gateway, sync_to_thread=False)},
+        signature_namespace={"Gateway": Gateway},
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
         logging_config=None,
-        openapi_config=None,
+        openapi_config=openapi_config("helexa gateway"),
     )
     app.state.gateway = gateway
     return app
@@ -135,8 +92,14 @@ def run(config_path: Path | None, overrides: dict[str, Any]) -> int:
     )
     return run_listeners(
         [
-            Listener(create_app(gateway), settings.gateway.listen, "gateway API"),
-            Listener(metrics_app(gateway.metrics), settings.gateway.metrics_listen, "gateway metrics"),
+            Listener(create_app(gateway), settings.gateway.listen, "gateway API", http=settings.http),
+            Listener(
+                metrics_app(gateway.metrics),
+                settings.gateway.metrics_listen,
+                "gateway metrics",
+                lifespan="off",
+                http=settings.http,
+            ),
         ],
         drain_s=10.0,
     )

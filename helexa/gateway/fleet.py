@@ -157,10 +157,12 @@ class FleetState:
             return True
         return False
 
-    def mark_down(self, name: str) -> None:
+    def mark_down(self, name: str, error: str | None = None) -> None:
         """An unhealthy neuron loses its models from the fleet view; they can be loaded elsewhere."""
         node = self.nodes[name]
         node.healthy = False
+        if error is not None:
+            node.last_error = error
         node.replicas.clear()
         self.notify()
 

@@ -338,6 +338,9 @@ class Lifecycle:
         else:
             entry = self.entries.get(model_id) or CatalogueModel(id=model_id)
             pair = await self.ensure_loaded(entry, node)
+            if node is not None and model_id in self.fleet.nodes[node].replicas:
+                # ensure_loaded answers with the least busy replica, which may be elsewhere
+                pair = (self.fleet.nodes[node], self.fleet.nodes[node].replicas[model_id])
         pair[1].pinned = pair[1].pinned or pinned
         return pair
 

@@ -15,6 +15,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    make_asgi_app,
 )
 
 disable_created_metrics()
@@ -111,23 +112,5 @@ class GatewayMetrics:
 
 
 def metrics_app(metrics: GatewayMetrics) -> Any:
-    """A tiny ASGI app for the metrics port: ``/metrics`` (and ``/``) in Prometheus text."""
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        found = scope["path"] in ("/metrics", "/")
-        body = metrics.render() if found else b"not found; metrics are at /metrics\n"
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200 if found else 404,
-                "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-    return app
+    """The metrics port's ASGI app: Prometheus text on any path (served without a lifespan)."""
+    return make_asgi_app(metrics.registry)

@@ -21,7 +21,6 @@ class NeuronClient:
         name: str,
         endpoint: str,
         settings: GatewaySettings,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = name
         self.endpoint = endpoint
@@ -32,8 +31,8 @@ class NeuronClient:
         url = httpx.URL(endpoint)
         self.address = (url.host, url.port or 80)
         self.lean = LeanTransport()
-        """The proxy's fast path to this neuron; the httpx client below uses it too."""
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30)
+        """The proxy's fast path to this neuron; the httpx client below uses it too (so pool limits
+        are the lean transport's own, not httpx's)."""
         self.http = httpx.AsyncClient(
             base_url=endpoint,
             timeout=httpx.Timeout(
@@ -42,8 +41,7 @@ class NeuronClient:
                 write=proxy.connect_timeout_s,
                 pool=proxy.first_byte_timeout_s,
             ),
-            limits=limits,
-            transport=transport or self.lean,
+            transport=self.lean,
         )
 
     async def _get(self, path: str, kind: type[T]) -> T:

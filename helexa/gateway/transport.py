@@ -122,11 +122,14 @@ class Answer:
             self.connection.close()
             self.connection = None
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         if self.done:
             self._release()
         else:
             self._drop()  # unfinished: the neuron must see the disconnect
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 class _Body(httpx.AsyncByteStream):
@@ -190,6 +193,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 connection.close()
                 if reused and attempt == 1 and not answer.headers:
                     continue  # a kept-alive connection the neuron had already closed: try a fresh one
+                raise
+            except BaseException:
+                connection.close()  # given up on (the client left, or a timeout): the neuron must see it
                 raise
             return answer
         raise AssertionError("unreachable")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, Request
+from litestar.di import Provide
 
 from helexa import config
 from helexa.asgi import error_response
@@ -20,8 +21,9 @@ from helexa.neuron.discovery import Hardware
 from helexa.neuron.harness import Harness, HarnessContext
 from helexa.neuron.metrics import NeuronMetrics
 from helexa.neuron.models import ModelManager
-from helexa.neuron.routes import ROUTES
+from helexa.neuron.routes import DESCRIBED, ROUTES
 from helexa.neuron.toolformats import ToolFormats
+from helexa.openapi import openapi_config, openapi_route
 from helexa.plugins import PluginHost, load_plugins
 from helexa.settings import NeuronSettings
 from helexa.wire.fleet import ActivationFailure, ActivationStatus, DiscoveryResponse, HealthResponse
@@ -136,13 +138,18 @@ def create_app(neuron: Neuron) -> Litestar:
         finally:
             await neuron.shutdown()
 
+    def provide_neuron() -> Neuron:
+        return neuron
+
     app = Litestar(
-        ROUTES,
+        [*ROUTES, openapi_route(DESCRIBED)],
+        dependencies={"neuron": Provide(provide_neuron, sync_to_thread=False)},
+        signature_namespace={"Neuron": Neuron},
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
         request_max_body_size=neuron.max_body,
         logging_config=None,
-        openapi_config=None,
+        openapi_config=openapi_config("helexa neuron"),
     )
     app.state.neuron = neuron
     return app
@@ -164,4 +171,6 @@ def run(config_path: Path | None, overrides: dict[str, Any]) -> int:
         "neuron %s: devices %s; harnesses %s", neuron.name, devices, ", ".join(neuron.harnesses) or "none"
     )
     app = create_app(neuron)
-    return run_listeners([Listener(app, settings.neuron.listen, "neuron")], settings.neuron.drain_s)
+    return run_listeners(
+        [Listener(app, settings.neuron.listen, "neuron", http=settings.http)], settings.neuron.drain_s
+    )

@@ -6,7 +6,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -30,6 +30,7 @@ from helexa.neuron import completions as text_completions
 from helexa.neuron import responses as responses_api
 from helexa.neuron import serving
 from helexa.neuron.harness import ChatPrompt
+from helexa.openapi import RawRoute
 from helexa.wire import openai as oa
 from helexa.wire.fleet import (
     DiscoveryResponse,
@@ -42,82 +43,86 @@ from helexa.wire.fleet import (
 )
 from helexa.wire.responses import ResponsesRequest
 
+if TYPE_CHECKING:
+    from helexa.neuron.app import Neuron
+
 log = logging.getLogger("helexa.neuron")
 
 
-def neuron_of(app: Any) -> Any:
+def neuron_of(app: Any) -> Neuron:
     return app.state.neuron
 
 
-# --- control API ---------------------------------------------------------------
+# --- control API (litestar: typed bodies, the neuron injected as `neuron`) ----------
 
 
 @get("/version", sync_to_thread=False)
-def version() -> Any:
+def version() -> dict[str, Any]:
+    """Package version, git sha and the versions of what it runs on."""
     return build_info("neuron")
 
 
 @get("/discovery", sync_to_thread=False)
-def discovery(request: Request) -> DiscoveryResponse:
-    return neuron_of(request.app).discovery()
+def discovery(neuron: Neuron) -> DiscoveryResponse:
+    """Hardware, harnesses and limits: what the gateway places models by."""
+    return neuron.discovery()
 
 
 @get("/health", sync_to_thread=False)
-def health(request: Request) -> HealthResponse:
-    return neuron_of(request.app).health()
+def health(neuron: Neuron) -> HealthResponse:
+    """Uptime, per-device memory and pre-warm progress."""
+    return neuron.health()
 
 
 @get("/models", sync_to_thread=False)
-def models(request: Request) -> list[ModelInfo]:
-    return neuron_of(request.app).manager.list()
+def models(neuron: Neuron) -> list[ModelInfo]:
+    """Every model this neuron has, loaded or on its way."""
+    return neuron.manager.list()
 
 
 @post("/models/load", status_code=200)
-async def load(request: Request) -> LoadResponse:
-    neuron = neuron_of(request.app)
-    spec = decode(await request.body(), ModelSpec)
-    entry = await neuron.manager.load(spec)
+async def load(neuron: Neuron, data: ModelSpec) -> LoadResponse:
+    """Load a model (returns once it is loaded, or with the reason it could not be)."""
+    entry = await neuron.manager.load(data)
     return LoadResponse(status="loaded", model=entry.info())
 
 
 @post("/models/unload", status_code=200)
-async def unload(request: Request) -> LoadResponse:
+async def unload(neuron: Neuron, data: UnloadRequest) -> LoadResponse:
     """Unload for good: device memory and any parked copy in host memory."""
-    body = decode(await request.body(), UnloadRequest)
-    await neuron_of(request.app).manager.unload(body.model_id)
+    await neuron.manager.unload(data.model_id)
     return LoadResponse(status="unloaded")
 
 
 @post("/models/park", status_code=200)
-async def park(request: Request) -> LoadResponse:
+async def park(neuron: Neuron, data: UnloadRequest) -> LoadResponse:
     """Evict, keeping the weights in host memory where the harness and budget allow (else unload)."""
-    body = decode(await request.body(), UnloadRequest)
-    manager = neuron_of(request.app).manager
-    outcome = await manager.park(body.model_id)
-    entry = manager.entries.get(body.model_id)
+    outcome = await neuron.manager.park(data.model_id)
+    entry = neuron.manager.entries.get(data.model_id)
     return LoadResponse(status=outcome, model=entry.info() if entry is not None else None)
 
 
 @get("/models/{rest:path}", sync_to_thread=False)
-def endpoint(request: Request, rest: str) -> EndpointResponse:
+def endpoint(neuron: Neuron, request: Request, rest: str) -> EndpointResponse:
+    """The URL to send a model's inference requests to."""
     model_id, sep, tail = rest.strip("/").rpartition("/")
     if not sep or tail != "endpoint":
         raise ApiError(404, f"no route GET /models/{rest.strip('/')}; did you mean /models/<id>/endpoint?")
-    neuron = neuron_of(request.app)
     neuron.manager.get(model_id)
     return EndpointResponse(url=neuron.public_url(request))
 
 
 @get("/metrics", sync_to_thread=False)
-def metrics(request: Request) -> Response[bytes]:
-    neuron = neuron_of(request.app)
+def metrics(neuron: Neuron) -> Response[bytes]:
+    """Prometheus text."""
     neuron.health()  # refreshes the memory gauges
     return Response(neuron.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @get("/v1/models", sync_to_thread=False)
-def openai_models(request: Request) -> oa.ModelList:
-    manager = neuron_of(request.app).manager
+def openai_models(neuron: Neuron) -> oa.ModelList:
+    """The loaded models, as OpenAI's model list."""
+    manager = neuron.manager
     cards = [
         oa.ModelCard(id=info.id, created=int(info.loaded_at or time.time()), max_model_len=info.max_model_len)
         for info in manager.list()
@@ -156,7 +161,7 @@ def inference(path: str) -> Callable[[Handler], Any]:
             try:
                 if scope["method"] != "POST":
                     raise ApiError(405, f"{path} takes POST, not {scope['method']}")
-                body = await read_body(receive, neuron.max_body)
+                body = await read_body(receive, neuron.max_body, neuron.settings.http.body_timeout_s)
                 await handler(neuron, scope, receive, send, body)
             except ClientGone:
                 neuron.metrics.requests.labels("", route_name, "client_gone").inc()
@@ -278,6 +283,14 @@ async def tokenize(neuron: Any, scope: Scope, receive: Receive, send: Send, body
         ),
     )
 
+
+DESCRIBED = [
+    RawRoute("/v1/chat/completions", oa.ChatCompletionRequest, "OpenAI chat completions"),
+    RawRoute("/v1/completions", oa.CompletionRequest, "OpenAI text completions"),
+    RawRoute("/v1/responses", ResponsesRequest, "OpenAI Responses"),
+    RawRoute("/v1/tokenize", oa.TokenizeRequest, "Count (and list) the tokens of a prompt", streams=False),
+]
+"""The raw inference routes, as ``/openapi.json`` describes them."""
 
 ROUTES = [
     version,
