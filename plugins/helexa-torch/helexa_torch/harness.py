@@ -30,6 +30,7 @@ from helexa.neuron.harness import (
 from helexa.neuron.parsing import detect_think_markers
 from helexa.neuron.toolformats import ToolFormats
 from helexa.wire.fleet import ModelSpec
+from helexa_torch import quant as quantize
 from helexa_torch.engine.constraints import GrammarBook
 from helexa_torch.engine.engine import Engine, Output, deliver_each
 from helexa_torch.engine.sequence import Sequence
@@ -89,6 +90,11 @@ class Served:
     grammar_ready: asyncio.Lock = field(default_factory=asyncio.Lock)
     hidden: frozenset[int] = frozenset()
     """Special tokens left out of the text; tool and think markers stay, so parsing sees them."""
+    measured: dict[str, int] = field(default_factory=dict)
+    """Bytes measured once the model is built (``weights``)."""
+    kv_mb: float = 0.0
+    """The KV cache (and recurrent states) it holds."""
+    quantization: quantize.Quantization | None = None
 
 
 @dataclass
@@ -156,17 +162,21 @@ class TorchHarness:
             self.context.allow_downloads,
         )
         progress("reading config and tokenizer", 0.05)
-        checkpoint = await off_loop(open_checkpoint, path, spec.quant or options.get("quant"))
+        quant_name = spec.quant or options.get("quant")
+        # bnb-* quantizes as the weights load; any other quant names a GGUF file of the folder.
+        quantization = quantize.parse(quant_name, resolve_dtype(str(options.get("dtype", "auto")), device))
+        checkpoint = await off_loop(open_checkpoint, path, None if quantization else quant_name)
         # The build runs on a thread that a cancelled load cannot stop; shielded, so that
         # whatever it started is still stopped and released when the load is abandoned.
         build = asyncio.ensure_future(
-            off_loop(self._build, spec, checkpoint, options, device, devices[0], progress)
+            off_loop(self._build, spec, checkpoint, options, device, devices[0], progress, quantization)
         )
         served: Served | None = None
         try:
             served = await asyncio.shield(build)
             served.engine.deliver = deliver_on_their_loops
             await asyncio.wrap_future(served.engine.ready)
+            self._measured(served)
         except BaseException:
             build.add_done_callback(self._abandon)
             self.context.ledger.release(spec.model_id)
@@ -188,6 +198,7 @@ class TorchHarness:
         device: torch.device,
         index: int,
         progress: LoadProgress,
+        quantization: quantize.Quantization | None = None,
     ) -> Served:
         config = checkpoint.config
         dtype = resolve_dtype(str(options.get("dtype", "auto")), device)
@@ -197,7 +208,11 @@ class TorchHarness:
         cls = self._architecture(config)
         with torch.device("meta"):  # shapes only: no memory until the weights stream in
             model = cls(config, device, max_len).to(dtype)
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        if quantization is not None:
+            quantize.defer_linears(model)
+            weight_bytes = quantize.quantized_bytes(model, quantization)
+        else:
+            weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         per_token = kv_bytes_per_token(model, dtype)
         kv_bytes = kv_budget(options, device, weight_bytes)
         max_num_seqs = int(options.get("max_num_seqs", 64))
@@ -218,11 +233,17 @@ class TorchHarness:
         need = (weight_bytes + num_blocks * block_size * per_token + state_bytes) // MB + 1
         self.context.ledger.reserve(spec.model_id, {index: need})
 
+        measured: dict[str, int] = {}
+
         def materialize() -> CausalLM:  # runs on the engine's thread
             before, _ = resident_mb()
             built = model.materialize(device)
             progress("loading weights", 0.1)
-            built.load_weights(checkpoint.weights(progress))
+            if quantization is not None:
+                quantize.load_quantized(built, checkpoint.weights(progress), quantization, device)
+            else:
+                built.load_weights(checkpoint.weights(progress))
+            measured["weights"] = quantize.resident_bytes(built)
             _, peak = resident_mb()
             if device.type == "cpu" and peak > before:
                 progress(
@@ -290,6 +311,9 @@ class TorchHarness:
             shape,
             weight_bytes,
             hidden=hidden_specials(tokenizer, markers),
+            measured=measured,
+            kv_mb=(num_blocks * block_size * per_token + state_bytes) / MB,
+            quantization=quantization,
         )
 
     def _engine(
@@ -309,6 +333,16 @@ class TorchHarness:
             threads=threads or self._fair_share(extra=1),
             state_cache=shape.state_cache,
         )
+
+    def _measured(self, served: Served) -> None:
+        """Report what the loaded weights really take (quantized sizes are only estimated before)."""
+        if "weights" not in served.measured:
+            return
+        index = served.loaded.devices[0]
+        need = int(served.measured["weights"] / MB + served.kv_mb) + 1
+        served.loaded.memory_mb = {index: need}
+        ledger = self.context.ledger
+        ledger.reserved[served.loaded.model_id] = {index: need}
 
     def _fair_share(self, extra: int = 0) -> int:
         """CPU threads per engine when the cores are split evenly between this neuron's models."""

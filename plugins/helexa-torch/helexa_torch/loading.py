@@ -16,6 +16,7 @@ from typing import Any
 
 from helexa.errors import ApiError
 from helexa.neuron.sources import check_model_id
+from helexa_torch.quant import unknown as unknown_quant
 
 log = logging.getLogger("helexa.torch.loading")
 Weights = Callable[[Callable[[str, float | None], None]], Iterator[tuple[str, Any]]]
@@ -83,6 +84,8 @@ def open_checkpoint(path: Path, quant: str | None) -> Checkpoint:
     if path.is_file():
         if path.suffix != ".gguf":
             raise ApiError(400, f"{path} is a file but not a GGUF model", param="model_id")
+        if quant and quant.lower().replace("_", "") not in path.name.lower().replace("_", ""):
+            raise unknown_quant(quant)
         return _open_gguf(path)
     shards = sorted(path.glob("*.safetensors"))
     if (path / "config.json").exists() and shards and not quant:
@@ -90,6 +93,8 @@ def open_checkpoint(path: Path, quant: str | None) -> Checkpoint:
     gguf = pick_gguf(path, quant)
     if gguf is not None:
         return _open_gguf(gguf)
+    if quant:  # a quant that names no GGUF file here and no bnb scheme: never ignored
+        raise unknown_quant(quant)
     if shards:
         return _open_safetensors(path, shards)
     raise ApiError(
