@@ -112,7 +112,7 @@ def test_killed_mid_run_leaves_a_consistent_database(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while True:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/models").json():

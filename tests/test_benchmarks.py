@@ -37,3 +37,12 @@ def test_neuron_serving_compares_http_with_in_process():
         row = result["streams"][streams]
         assert row["http"]["chunks"] > 0 and row["in_process"]["chunks"] > 0
         assert row["cpu_ratio_http_over_in_process"] > 0
+
+
+@pytest.mark.slow
+def test_a_bf16_checkpoint_loads_in_little_more_memory_than_its_weights():
+    """Weights stream into bfloat16 as they are read: no float32 copy, no second copy (issue 14)."""
+    result = run("model_load.py", "--mb", "200", "--only", "safetensors_bf16")
+    now = result["safetensors_bf16"]["now"]
+    assert now["weights_mb"] > 150
+    assert now["peak_per_weight_byte"] <= 1.3, now

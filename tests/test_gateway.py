@@ -228,7 +228,7 @@ def spawn_neuron(tmp_path, name: str) -> tuple[subprocess.Popen, str]:
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while True:
         try:
             if httpx.get(f"{url}/models").json():

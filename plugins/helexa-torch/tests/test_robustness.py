@@ -49,7 +49,7 @@ def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
 
 
-def long_answer(url: str, **extra) -> str:
+def long_answer(url: str, streaming: threading.Event | None = None) -> str:
     stream = client(url).chat.completions.create(
         model="tiny/llama",
         messages=[{"role": "user", "content": "Tell me about Paris."}],
@@ -57,24 +57,32 @@ def long_answer(url: str, **extra) -> str:
         temperature=0,
         stream=True,
         extra_body={"ignore_eos": True},
-        **extra,
     )
-    return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    text = []
+    for chunk in stream:
+        if chunk.choices:
+            text.append(chunk.choices[0].delta.content or "")
+            if streaming is not None:
+                streaming.set()
+    return "".join(text)
 
 
 class Beside(threading.Thread):
-    """A healthy streaming request running while the test sends bad ones."""
+    """A healthy streaming request, already generating when the constructor returns."""
 
     def __init__(self, url: str) -> None:
         super().__init__()
         self.url, self.text, self.error = url, None, None
+        self.streaming = threading.Event()
         self.start()
+        assert self.streaming.wait(120), "the healthy stream never started"
 
     def run(self) -> None:
         try:
-            self.text = long_answer(self.url)
+            self.text = long_answer(self.url, self.streaming)
         except Exception as exc:  # reported by the assertion that reads it
             self.error = exc
+            self.streaming.set()
 
     def result(self) -> str:
         self.join(120)
