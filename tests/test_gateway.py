@@ -229,21 +229,27 @@ def spawn_neuron(tmp_path, name: str) -> tuple[subprocess.Popen, str]:
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
-    while True:
+    while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/models").json():
                 return process, url
         except httpx.HTTPError:
             pass
-        assert time.monotonic() < deadline
         time.sleep(0.1)
+    process.kill()  # never left behind by a failed test
+    process.wait()
+    raise AssertionError(f"neuron {name} did not come up in 90 s")
 
 
 def test_neuron_killed_mid_stream(tmp_path):
     from fleet import gateway_only
 
     first, first_url = spawn_neuron(tmp_path, "first")
-    second, second_url = spawn_neuron(tmp_path, "second")
+    try:
+        second, second_url = spawn_neuron(tmp_path, "second")
+    except AssertionError:
+        first.kill()
+        raise
     try:
         with gateway_only({"first": first_url, "second": second_url}) as running:
             running.wait(lambda: len(running.gateway.fleet.replicas("echo/shared")) == 2)
