@@ -1,0 +1,235 @@
+"""Image input for Qwen3.5 vision checkpoints, and hybrid models under concurrent load, as a user meets
+them: tiny random checkpoints saved to a folder, served by a torch neuron behind a gateway, asked with
+the real openai and anthropic SDKs, and compared with transformers' greedy tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import anthropic
+import httpx
+import openai
+import pytest
+import torch
+from fleet import running_fleet
+from harness_helpers import load_folder, make_harness
+from test_architectures import hf_greedy
+from test_hybrid import SMALL, save_hybrid
+from transformers import AutoImageProcessor, AutoTokenizer, Qwen3_5TextConfig
+from vision_helpers import MERGE, data_url, png, reference_greedy, save_vision_checkpoint
+
+from helexa.neuron.harness import ChatPrompt, SamplingParams
+from helexa_torch.engine.hybrid_blocks import HybridBlockManager
+from helexa_torch.engine.runner import ModelRunner
+from helexa_torch.engine.scheduler import Plan
+from helexa_torch.engine.sequence import Sequence
+from helexa_torch.engine.state_cache import StateBudget
+from helexa_torch.images import ImagePrompts
+
+OPTIONS = dict(kv_cache_mb=4, block_size=4, max_batched_tokens=16)  # images prefill across chunks
+SYSTEM = "The weather is nice today. Paris is a city in France. Numbers: one two three four five."
+QUESTION = "What is the capital of France?"
+PICTURES = {"wide": png(128, 64, 1), "square": png(96, 96, 2)}
+"""Two pictures: 8x4 and 6x6 patches, so 8 and 9 image tokens of different 3D layouts."""
+REMOTE, BROKEN = "https://pictures.test/a.png", "data:image/png;base64,AAAA"
+
+
+def messages(image: bytes, openai_style: bool) -> list[dict]:
+    part = {"type": "image_url", "image_url": {"url": data_url(image)}} if openai_style else {"type": "image"}
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": [part, {"type": "text", "text": QUESTION}]},
+    ]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """A gateway in front of a torch neuron that serves the vision model and a text-only hybrid."""
+    root = tmp_path_factory.mktemp("vision")
+    vl = save_vision_checkpoint(root / "vl")
+    text = save_hybrid(root / "text", Qwen3_5TextConfig(**SMALL))
+    section = {"default_harness": "torch", "model_roots": [str(root)], "memory_mb": 4096}
+    entries = [
+        {"id": name, "harness": "torch", "vram_mb": 64, "options": {"path": str(root / name), **OPTIONS}}
+        for name in ("vl", "text")
+    ]
+    with running_fleet({"n": {"neuron": section}}, {"models": entries}) as running:
+        yield running, vl, text, root
+
+
+def openai_client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=300)
+
+
+def expected_text(vl, image: bytes, n: int) -> str:
+    model, tok, processor = vl
+    tokens = reference_greedy(model, tok, processor, messages(image, openai_style=False), [image], n)
+    assert len(tokens) >= 4, "the reference answer should be long enough to tell answers apart"
+    return tok.decode(tokens, skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_images_through_openai_and_anthropic_answer_as_transformers(fleet):
+    running, vl, _, _ = fleet
+    expected = {name: expected_text(vl, image, 16) for name, image in PICTURES.items()}
+    assert expected["wide"] != expected["square"]  # the answer depends on the picture
+    client = openai_client(running.url)
+    for name, image in PICTURES.items():  # the second shares the first's text: no cached block may be reused
+        answer = client.chat.completions.create(
+            model="vl", messages=messages(image, openai_style=True), max_tokens=16, temperature=0
+        )
+        assert answer.choices[0].message.content == expected[name], name
+    claude = anthropic.Anthropic(base_url=running.url, api_key="x", max_retries=0, timeout=300)
+    for name in ("square", "wide"):
+        source = {
+            "type": "base64",
+            "media_type": "image/png",
+            "data": base64.b64encode(PICTURES[name]).decode(),
+        }
+        reply = claude.messages.create(
+            model="vl",
+            system=SYSTEM,
+            max_tokens=16,
+            temperature=0,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "source": source}, {"type": "text", "text": QUESTION}],
+                }
+            ],
+        )
+        assert reply.content[0].text == expected[name], name
+    listed = {m["id"]: m for m in httpx.get(f"{running.url}/v1/models").json()["data"]}
+    assert "vision" in listed["vl"]["capabilities"]
+    assert "vision" not in listed["text"]["capabilities"]
+
+
+@pytest.mark.slow
+def test_remote_and_broken_images_are_refused_and_the_model_keeps_serving(fleet):
+    running, *_ = fleet
+    client = openai_client(running.url)
+    remote = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": REMOTE}}]}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="vl", messages=remote, max_tokens=4)
+    assert "data: URL" in refused.value.message
+    assert refused.value.body["param"] == "messages[0].content[0].image_url"
+    broken = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": BROKEN}}]}]
+    with pytest.raises(openai.BadRequestError) as unreadable:
+        client.chat.completions.create(model="vl", messages=broken, max_tokens=4)
+    assert "not a readable image" in unreadable.value.message
+    claude = anthropic.Anthropic(base_url=running.url, api_key="x", max_retries=0, timeout=300)
+    with pytest.raises(anthropic.BadRequestError) as by_url:
+        claude.messages.create(
+            model="vl",
+            max_tokens=4,
+            messages=[
+                {"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": REMOTE}}]}
+            ],
+        )
+    assert by_url.value.body["type"] == "error" and "data: URL" in by_url.value.body["error"]["message"]
+    answer = client.chat.completions.create(
+        model="vl", messages=messages(PICTURES["wide"], True), max_tokens=2
+    )
+    assert answer.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_an_image_to_a_text_only_hybrid_is_refused(fleet):
+    running, *_ = fleet
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client(running.url).chat.completions.create(
+            model="text", messages=messages(PICTURES["wide"], openai_style=True), max_tokens=4
+        )
+    assert refused.value.code == "vision_unsupported"
+    assert "only reads text" in refused.value.message
+
+
+@pytest.mark.slow
+def test_a_hybrid_serves_concurrent_requests_as_transformers(fleet):
+    """Six chat requests at once through the gateway: each gets transformers' greedy tokens for its prompt."""
+    running, _, text_model, root = fleet
+    tok = AutoTokenizer.from_pretrained(root / "text")
+    questions = [f"{QUESTION} {'Paris is a city in France. ' * i}" for i in range(6)]
+    chats = [[{"role": "user", "content": q}] for q in questions]
+    prompts = [
+        tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True)["input_ids"] for c in chats
+    ]
+    expected = [tok.decode(hf_greedy(text_model, p, 12), skip_special_tokens=True) for p in prompts]
+    client = openai_client(running.url)
+
+    def ask(chat: list[dict]) -> str:
+        answer = client.chat.completions.create(
+            model="text", messages=chat, max_tokens=12, temperature=0, extra_body={"ignore_eos": True}
+        )
+        return answer.choices[0].message.content
+
+    with ThreadPoolExecutor(len(chats)) as pool:
+        assert list(pool.map(ask, chats)) == expected
+    manager = running.neurons["n"][1].manager
+    blocks = manager.harness_of(manager.get("text")).models["text"].engine.blocks
+    assert blocks.free_state_slots == blocks.budget.slots  # every state slot came back
+
+
+def test_image_prompt_logits_match_transformers(tmp_path):
+    """The prompt's logits in three chunks (the image split between two of them) equal transformers'."""
+    model, _, processor = save_vision_checkpoint(tmp_path / "vl")
+    harness = make_harness(tmp_path)
+    load_folder(harness, tmp_path / "vl", model_id="vl", **OPTIONS)
+    try:
+        served = harness.models["vl"]
+        image = PICTURES["wide"]
+        prompt = served.images.render(ChatPrompt(messages=messages(image, openai_style=True)))
+        ((start, end, _),) = prompt.media.spans
+        assert end - start == (128 // 16) * (64 // 16) // MERGE**2
+        from PIL import Image
+
+        pixels = processor(images=[Image.open(io.BytesIO(image)).convert("RGB")], return_tensors="pt")
+        ids = torch.tensor([prompt.token_ids])
+        with torch.no_grad():
+            expected = model(
+                input_ids=ids,
+                pixel_values=pixels["pixel_values"],
+                image_grid_thw=pixels["image_grid_thw"],
+                mm_token_type_ids=(ids == model.config.image_token_id).int(),
+            ).logits[0]
+        ours = served.engine.runner.model
+        blocks = HybridBlockManager(64, 4, StateBudget(slots=1, snapshots=1))
+        runner = ModelRunner(ours, 64, 4, torch.float32, torch.device("cpu"), blocks)
+        seq = Sequence("p", list(prompt.token_ids), SamplingParams(max_tokens=1), emit=lambda *_: None)
+        seq.media = prompt.media
+        blocks.allocate(seq)
+        cuts = [start + 3, end + 5, len(prompt.token_ids)]
+        logits, done = [], 0
+        for cut in cuts:
+            plan = Plan(prefill=[(seq, cut - done)])
+            with torch.inference_mode():
+                ids_t, positions, ctx, _, _ = runner.prepare(plan)
+                logits.append(ours.compute_logits(ours(ids_t, positions, ctx, runner.caches)))
+            runner.commit(plan)
+            seq.num_computed = done = cut
+        scale = max(1.0, expected.abs().max().item())
+        assert (torch.cat(logits) - expected).abs().max().item() < 1e-4 * scale
+    finally:
+        asyncio.run(harness.close())
+
+
+def test_image_keys_keep_prefix_blocks_apart(tmp_path):
+    """Same text, another picture: blocks with image tokens are keyed by the picture, text is shared."""
+    save_vision_checkpoint(tmp_path / "vl")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "vl")
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "vl")
+    prompts = ImagePrompts(processor, tok, tok.convert_tokens_to_ids("<|image_pad|>"), MERGE)
+    a, b = (prompts.render(ChatPrompt(messages=messages(PICTURES[n], True))) for n in ("wide", "wide"))
+    c = prompts.render(ChatPrompt(messages=messages(png(128, 64, 9), True)))
+    assert a.token_ids == c.token_ids  # the same ids: only the picture differs
+    first = a.media.spans[0][0]
+    seqs = [
+        Sequence(str(i), p.token_ids, SamplingParams(max_tokens=1), emit=lambda *_: None, media=p.media)
+        for i, p in enumerate((a, b, c))
+    ]
+    assert seqs[0].block_tokens(0, first) == seqs[2].block_tokens(0, first)
+    assert seqs[0].block_tokens(0, len(a.token_ids)) == seqs[1].block_tokens(0, len(a.token_ids))
+    assert seqs[0].block_tokens(first, first + 4) != seqs[2].block_tokens(first, first + 4)
