@@ -53,7 +53,12 @@ def fleet(tmp_path_factory):
     text = save_hybrid(root / "text", Qwen3_5TextConfig(**SMALL))
     section = {"default_harness": "torch", "model_roots": [str(root)], "memory_mb": 4096}
     entries = [
-        {"id": name, "harness": "torch", "vram_mb": 64, "options": {"path": str(root / name), **OPTIONS}}
+        {
+            "id": f"tiny/{name}",
+            "harness": "torch",
+            "vram_mb": 64,
+            "options": {"path": str(root / name), **OPTIONS},
+        }
         for name in ("vl", "text")
     ]
     with running_fleet({"n": {"neuron": section}}, {"models": entries}) as running:
@@ -79,7 +84,7 @@ def test_images_through_openai_and_anthropic_answer_as_transformers(fleet):
     client = openai_client(running.url)
     for name, image in PICTURES.items():  # the second shares the first's text: no cached block may be reused
         answer = client.chat.completions.create(
-            model="vl", messages=messages(image, openai_style=True), max_tokens=16, temperature=0
+            model="tiny/vl", messages=messages(image, openai_style=True), max_tokens=16, temperature=0
         )
         assert answer.choices[0].message.content == expected[name], name
     claude = anthropic.Anthropic(base_url=running.url, api_key="x", max_retries=0, timeout=300)
@@ -90,10 +95,10 @@ def test_images_through_openai_and_anthropic_answer_as_transformers(fleet):
             "data": base64.b64encode(PICTURES[name]).decode(),
         }
         reply = claude.messages.create(
-            model="vl",
+            model="tiny/vl",
             system=SYSTEM,
             max_tokens=16,
-            temperature=0,
+            extra_body={"temperature": 0},  # this SDK's signature has no temperature; the API does
             messages=[
                 {
                     "role": "user",
@@ -103,8 +108,8 @@ def test_images_through_openai_and_anthropic_answer_as_transformers(fleet):
         )
         assert reply.content[0].text == expected[name], name
     listed = {m["id"]: m for m in httpx.get(f"{running.url}/v1/models").json()["data"]}
-    assert "vision" in listed["vl"]["capabilities"]
-    assert "vision" not in listed["text"]["capabilities"]
+    assert "vision" in listed["tiny/vl"]["capabilities"]
+    assert "vision" not in listed["tiny/text"]["capabilities"]
 
 
 @pytest.mark.slow
@@ -113,17 +118,17 @@ def test_remote_and_broken_images_are_refused_and_the_model_keeps_serving(fleet)
     client = openai_client(running.url)
     remote = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": REMOTE}}]}]
     with pytest.raises(openai.BadRequestError) as refused:
-        client.chat.completions.create(model="vl", messages=remote, max_tokens=4)
+        client.chat.completions.create(model="tiny/vl", messages=remote, max_tokens=4)
     assert "data: URL" in refused.value.message
     assert refused.value.body["param"] == "messages[0].content[0].image_url"
     broken = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": BROKEN}}]}]
     with pytest.raises(openai.BadRequestError) as unreadable:
-        client.chat.completions.create(model="vl", messages=broken, max_tokens=4)
+        client.chat.completions.create(model="tiny/vl", messages=broken, max_tokens=4)
     assert "not a readable image" in unreadable.value.message
     claude = anthropic.Anthropic(base_url=running.url, api_key="x", max_retries=0, timeout=300)
     with pytest.raises(anthropic.BadRequestError) as by_url:
         claude.messages.create(
-            model="vl",
+            model="tiny/vl",
             max_tokens=4,
             messages=[
                 {"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": REMOTE}}]}
@@ -131,7 +136,7 @@ def test_remote_and_broken_images_are_refused_and_the_model_keeps_serving(fleet)
         )
     assert by_url.value.body["type"] == "error" and "data: URL" in by_url.value.body["error"]["message"]
     answer = client.chat.completions.create(
-        model="vl", messages=messages(PICTURES["wide"], True), max_tokens=2
+        model="tiny/vl", messages=messages(PICTURES["wide"], True), max_tokens=2
     )
     assert answer.choices[0].finish_reason in ("stop", "length")
 
@@ -141,7 +146,7 @@ def test_an_image_to_a_text_only_hybrid_is_refused(fleet):
     running, *_ = fleet
     with pytest.raises(openai.BadRequestError) as refused:
         openai_client(running.url).chat.completions.create(
-            model="text", messages=messages(PICTURES["wide"], openai_style=True), max_tokens=4
+            model="tiny/text", messages=messages(PICTURES["wide"], openai_style=True), max_tokens=4
         )
     assert refused.value.code == "vision_unsupported"
     assert "only reads text" in refused.value.message
@@ -162,14 +167,14 @@ def test_a_hybrid_serves_concurrent_requests_as_transformers(fleet):
 
     def ask(chat: list[dict]) -> str:
         answer = client.chat.completions.create(
-            model="text", messages=chat, max_tokens=12, temperature=0, extra_body={"ignore_eos": True}
+            model="tiny/text", messages=chat, max_tokens=12, temperature=0, extra_body={"ignore_eos": True}
         )
         return answer.choices[0].message.content
 
     with ThreadPoolExecutor(len(chats)) as pool:
         assert list(pool.map(ask, chats)) == expected
     manager = running.neurons["n"][1].manager
-    blocks = manager.harness_of(manager.get("text")).models["text"].engine.blocks
+    blocks = manager.harness_of(manager.get("tiny/text")).models["tiny/text"].engine.blocks
     assert blocks.free_state_slots == blocks.budget.slots  # every state slot came back
 
 
