@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import queue
 from concurrent.futures import ThreadPoolExecutor
 
 import anthropic
@@ -18,16 +19,16 @@ from fleet import running_fleet
 from harness_helpers import load_folder, make_harness
 from test_architectures import hf_greedy
 from test_hybrid import SMALL, save_hybrid
-from transformers import AutoImageProcessor, AutoTokenizer, Qwen3_5TextConfig
+from transformers import AutoTokenizer, Qwen3_5TextConfig
 from vision_helpers import MERGE, data_url, png, reference_greedy, save_vision_checkpoint
 
 from helexa.neuron.harness import ChatPrompt, SamplingParams
+from helexa_torch.engine.engine import Engine
 from helexa_torch.engine.hybrid_blocks import HybridBlockManager
 from helexa_torch.engine.runner import ModelRunner
 from helexa_torch.engine.scheduler import Plan
 from helexa_torch.engine.sequence import Sequence
 from helexa_torch.engine.state_cache import StateBudget
-from helexa_torch.images import ImagePrompts
 
 OPTIONS = dict(kv_cache_mb=4, block_size=4, max_batched_tokens=16)  # images prefill across chunks
 SYSTEM = "The weather is nice today. Paris is a city in France. Numbers: one two three four five."
@@ -178,57 +179,129 @@ def test_a_hybrid_serves_concurrent_requests_as_transformers(fleet):
     assert blocks.free_state_slots == blocks.budget.slots  # every state slot came back
 
 
-def test_image_prompt_logits_match_transformers(tmp_path):
-    """The prompt's logits in three chunks (the image split between two of them) equal transformers'."""
-    model, _, processor = save_vision_checkpoint(tmp_path / "vl")
-    harness = make_harness(tmp_path)
-    load_folder(harness, tmp_path / "vl", model_id="vl", **OPTIONS)
+@pytest.fixture(scope="module")
+def harness_vl(tmp_path_factory):
+    """The vision checkpoint loaded by a torch harness (no server), with transformers' model beside it."""
+    root = tmp_path_factory.mktemp("harness-vl")
+    model, tok, processor = save_vision_checkpoint(root / "vl")
+    harness = make_harness(root)
+    load_folder(harness, root / "vl", model_id="vl", **OPTIONS)
+    yield model, tok, processor, harness.models["vl"]
+    asyncio.run(harness.close())
+
+
+def render(served, image: bytes):
+    return served.images.render(ChatPrompt(messages=messages(image, openai_style=True)))
+
+
+def counting_tower(model) -> list[int]:
+    """Count the vision tower's runs on ``model`` (one entry per run: the images it encoded)."""
+    runs: list[int] = []
+    encode = model.encode_images
+
+    def counted(pixel_values, grids):
+        runs.append(len(grids))
+        return encode(pixel_values, grids)
+
+    model.encode_images = counted
+    return runs
+
+
+def test_image_prompt_logits_match_transformers(harness_vl):
+    """The prompt's logits in three chunks (the image split between two of them) equal transformers',
+    and so do those of tokens after the prompt (answer tokens recomputed after a preemption): their
+    positions continue at the prompt's offset."""
+    from PIL import Image
+
+    model, _, processor, served = harness_vl
+    image = PICTURES["wide"]
+    prompt = render(served, image)
+    ((start, end, _),) = prompt.media.spans
+    assert end - start == (128 // 16) * (64 // 16) // MERGE**2
+    pixels = processor(images=[Image.open(io.BytesIO(image)).convert("RGB")], return_tensors="pt")
+    answer = [5, 77, 120, 31, 9, 250]
+    ids = torch.tensor([prompt.token_ids + answer])
+    with torch.no_grad():
+        expected = model(
+            input_ids=ids,
+            pixel_values=pixels["pixel_values"],
+            image_grid_thw=pixels["image_grid_thw"],
+            mm_token_type_ids=(ids == model.config.image_token_id).int(),
+        ).logits[0]
+    ours = served.engine.runner.model
+    runs = counting_tower(ours)
+    blocks = HybridBlockManager(64, 4, StateBudget(slots=1, snapshots=1))
+    runner = ModelRunner(ours, 64, 4, torch.float32, torch.device("cpu"), blocks)  # not the engine's
+    seq = Sequence("p", ids[0].tolist(), SamplingParams(max_tokens=1), emit=lambda *_: None)
+    seq.prompt_len, seq.media = len(prompt.token_ids), prompt.media
+    blocks.allocate(seq)
+    logits, done = [], 0
+    for cut in (start + 3, end + 5, ids.shape[1]):
+        plan = Plan(prefill=[(seq, cut - done)])
+        with torch.inference_mode():
+            ids_t, positions, ctx, _, _ = runner.prepare(plan)
+            logits.append(ours.compute_logits(ours(ids_t, positions, ctx, runner.caches)))
+        runner.commit(plan)
+        seq.num_computed = done = cut
+    del ours.encode_images
+    assert runs == [1]  # the tower ran once, for the chunk where the image starts
+    scale = max(1.0, expected.abs().max().item())
+    assert (torch.cat(logits) - expected).abs().max().item() < 1e-4 * scale
+
+
+def test_preempted_image_prompts_recompute_without_the_tower_and_answer_alike(harness_vl):
+    """Three pictures at once in a cache too small for them: preempted sequences recompute from the
+    embeddings they kept (their generated tokens at the prompt's position offset), and every answer
+    is transformers' greedy answer."""
+    model, tok, processor, served = harness_vl
+    images = [PICTURES["wide"], PICTURES["square"], png(64, 96, 3)]
+    prompts = [render(served, image) for image in images]
+    expected = [
+        reference_greedy(model, tok, processor, messages(image, False), [image], 16, eos_token_id=None)
+        for image in images
+    ]
+    ours = served.engine.runner.model
+    runs = counting_tower(ours)
+    engine = Engine(
+        "vl",
+        lambda: ours,
+        num_blocks=36,  # two 65-token prompts fit, their 16 answer tokens do not: one is preempted
+        block_size=4,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+        eos_ids=set(),
+        max_model_len=128,
+        state_cache=StateBudget(slots=3, snapshots=2),
+        max_batched_tokens=16,
+    )
     try:
-        served = harness.models["vl"]
-        image = PICTURES["wide"]
-        prompt = served.images.render(ChatPrompt(messages=messages(image, openai_style=True)))
-        ((start, end, _),) = prompt.media.spans
-        assert end - start == (128 // 16) * (64 // 16) // MERGE**2
-        from PIL import Image
-
-        pixels = processor(images=[Image.open(io.BytesIO(image)).convert("RGB")], return_tensors="pt")
-        ids = torch.tensor([prompt.token_ids])
-        with torch.no_grad():
-            expected = model(
-                input_ids=ids,
-                pixel_values=pixels["pixel_values"],
-                image_grid_thw=pixels["image_grid_thw"],
-                mm_token_type_ids=(ids == model.config.image_token_id).int(),
-            ).logits[0]
-        ours = served.engine.runner.model
-        blocks = HybridBlockManager(64, 4, StateBudget(slots=1, snapshots=1))
-        runner = ModelRunner(ours, 64, 4, torch.float32, torch.device("cpu"), blocks)
-        seq = Sequence("p", list(prompt.token_ids), SamplingParams(max_tokens=1), emit=lambda *_: None)
-        seq.media = prompt.media
-        blocks.allocate(seq)
-        cuts = [start + 3, end + 5, len(prompt.token_ids)]
-        logits, done = [], 0
-        for cut in cuts:
-            plan = Plan(prefill=[(seq, cut - done)])
-            with torch.inference_mode():
-                ids_t, positions, ctx, _, _ = runner.prepare(plan)
-                logits.append(ours.compute_logits(ours(ids_t, positions, ctx, runner.caches)))
-            runner.commit(plan)
-            seq.num_computed = done = cut
-        scale = max(1.0, expected.abs().max().item())
-        assert (torch.cat(logits) - expected).abs().max().item() < 1e-4 * scale
+        engine.ready.result(timeout=60)
+        done: queue.Queue[str | None] = queue.Queue()
+        seqs = [
+            Sequence(
+                str(i),
+                list(p.token_ids),
+                SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True),
+                emit=lambda tokens, finish, error: done.put(error) if finish or error else None,
+                media=p.media,
+            )
+            for i, p in enumerate(prompts)
+        ]
+        for seq in seqs:
+            engine.submit(seq)
+        assert [done.get(timeout=120) for _ in seqs] == [None] * 3
+        assert engine.scheduler.preemptions > 0
+        assert [seq.output_ids for seq in seqs] == expected
+        assert sorted(runs) == [1, 1, 1]  # once per prompt, not again after a preemption
     finally:
-        asyncio.run(harness.close())
+        engine.stop()
+        del ours.encode_images
 
 
-def test_image_keys_keep_prefix_blocks_apart(tmp_path):
+def test_image_keys_keep_prefix_blocks_apart(harness_vl):
     """Same text, another picture: blocks with image tokens are keyed by the picture, text is shared."""
-    save_vision_checkpoint(tmp_path / "vl")
-    tok = AutoTokenizer.from_pretrained(tmp_path / "vl")
-    processor = AutoImageProcessor.from_pretrained(tmp_path / "vl")
-    prompts = ImagePrompts(processor, tok, tok.convert_tokens_to_ids("<|image_pad|>"), MERGE)
-    a, b = (prompts.render(ChatPrompt(messages=messages(PICTURES[n], True))) for n in ("wide", "wide"))
-    c = prompts.render(ChatPrompt(messages=messages(png(128, 64, 9), True)))
+    *_, served = harness_vl
+    a, b, c = (render(served, image) for image in (PICTURES["wide"], PICTURES["wide"], png(128, 64, 9)))
     assert a.token_ids == c.token_ids  # the same ids: only the picture differs
     first = a.media.spans[0][0]
     seqs = [

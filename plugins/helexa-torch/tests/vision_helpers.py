@@ -110,7 +110,9 @@ def data_url(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
-def reference_greedy(model, tok, processor, messages: list[dict], images: list[bytes], max_new: int):
+def reference_greedy(
+    model, tok, processor, messages: list[dict], images: list[bytes], max_new: int, **options
+):
     """transformers' greedy tokens for chat ``messages`` (images as ``{"type": "image"}`` parts) with
     the processor's pixel values, the placeholders expanded as Qwen's processor does."""
     from PIL import Image
@@ -131,5 +133,6 @@ def reference_greedy(model, tok, processor, messages: list[dict], images: list[b
             mm_token_type_ids=(ids == model.config.image_token_id).int(),
             max_new_tokens=max_new,
             do_sample=False,
+            **options,
         )
     return out[0, ids.shape[1] :].tolist()
