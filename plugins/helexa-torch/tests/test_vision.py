@@ -20,7 +20,15 @@ from harness_helpers import load_folder, make_harness
 from test_architectures import hf_greedy
 from test_hybrid import SMALL, save_hybrid
 from transformers import AutoTokenizer, Qwen3_5TextConfig
-from vision_helpers import MERGE, data_url, png, reference_greedy, save_vision_checkpoint
+from vision_helpers import (
+    MERGE,
+    data_url,
+    png,
+    reference_greedy,
+    save_vision_checkpoint,
+    vision_config,
+    vision_tokenizer,
+)
 
 from helexa.neuron.harness import ChatPrompt, SamplingParams
 from helexa_torch.engine.engine import Engine
@@ -29,6 +37,7 @@ from helexa_torch.engine.runner import ModelRunner
 from helexa_torch.engine.scheduler import Plan
 from helexa_torch.engine.sequence import Sequence
 from helexa_torch.engine.state_cache import StateBudget
+from helexa_torch.models.vision import MultimodalRotary, prompt_positions
 
 OPTIONS = dict(kv_cache_mb=4, block_size=4, max_batched_tokens=16)  # images prefill across chunks
 SYSTEM = "The weather is nice today. Paris is a city in France. Numbers: one two three four five."
@@ -311,3 +320,48 @@ def test_image_keys_keep_prefix_blocks_apart(harness_vl):
     assert seqs[0].block_tokens(0, first) == seqs[2].block_tokens(0, first)
     assert seqs[0].block_tokens(0, len(a.token_ids)) == seqs[1].block_tokens(0, len(a.token_ids))
     assert seqs[0].block_tokens(first, first + 4) != seqs[2].block_tokens(first, first + 4)
+
+
+def test_multimodal_rotary_turns_as_transformers():
+    """Each frequency at its own axis's position (interleaved T H W), partial rotary, as Qwen3.5 does."""
+    from transformers.models.qwen3_5 import modeling_qwen3_5 as reference
+
+    config = vision_config(vision_tokenizer()).text_config
+    head_dim = config.head_dim
+    ours = MultimodalRotary(config, head_dim, 512, torch.device("cpu"))
+    positions = torch.randint(0, 500, (3, 11), generator=torch.Generator().manual_seed(0))
+    q, k = torch.randn(11, 4, head_dim), torch.randn(11, 2, head_dim)
+    cos, sin = reference.Qwen3_5TextRotaryEmbedding(config)(q, positions[:, None, :])
+    # transformers' layout is [batch, heads, tokens, dim]; ours is [tokens, heads, dim]
+    want_q, want_k = reference.apply_rotary_pos_emb(
+        q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin
+    )
+    got_q, got_k = ours(positions, q, k)
+    assert torch.allclose(got_q, want_q[0].transpose(0, 1), atol=1e-5)
+    assert torch.allclose(got_k, want_k[0].transpose(0, 1), atol=1e-5)
+    same = positions[0]  # text: one position on all three axes is plain rope
+    assert torch.allclose(ours(same.expand(3, -1), q, k)[0], ours(same, q, k)[0], atol=1e-6)
+
+
+def test_prompt_positions_match_transformers_rope_index():
+    """Two images of different grids, text around and between them: transformers' 3D positions, delta."""
+    from functools import partial
+    from types import SimpleNamespace
+
+    from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5Model
+
+    config = vision_config(vision_tokenizer())
+    grids = [(1, 8, 4), (1, 6, 10)]
+    counts = [t * h * w // MERGE**2 for t, h, w in grids]
+    spans = [(5, 5 + counts[0]), (5 + counts[0] + 3, 5 + counts[0] + 3 + counts[1])]
+    length = spans[1][1] + 7
+    ids = torch.zeros(1, length, dtype=torch.long)
+    for first, end in spans:
+        ids[0, first:end] = config.image_token_id
+    model = SimpleNamespace(config=config)
+    model.get_vision_position_ids = partial(Qwen3_5Model.get_vision_position_ids, model)
+    want, want_delta = Qwen3_5Model.get_rope_index(
+        model, ids, mm_token_type_ids=(ids == config.image_token_id).int(), image_grid_thw=torch.tensor(grids)
+    )
+    got, delta = prompt_positions(length, spans, grids, MERGE)
+    assert torch.equal(got, want[:, 0]) and delta == int(want_delta)
