@@ -105,8 +105,16 @@ def image_urls(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
         if not isinstance(content, list):
             continue
         for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "image_url":
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
                 continue
+            if kind != "image_url":  # audio, video, files: never dropped silently
+                raise ApiError(
+                    400,
+                    f"messages[{i}].content[{j}] is {kind!r} content; this model reads text and images",
+                    param=f"messages[{i}].content[{j}]",
+                    code="content_unsupported",
+                )
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             found.append((f"messages[{i}].content[{j}].image_url", url or ""))

@@ -135,6 +135,12 @@ def test_remote_and_broken_images_are_refused_and_the_model_keeps_serving(fleet)
     with pytest.raises(openai.BadRequestError) as unreadable:
         client.chat.completions.create(model="tiny/vl", messages=broken, max_tokens=4)
     assert "not a readable image" in unreadable.value.message
+    audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+    with pytest.raises(openai.BadRequestError) as unheard:
+        client.chat.completions.create(
+            model="tiny/vl", messages=[{"role": "user", "content": [audio]}], max_tokens=4
+        )
+    assert unheard.value.code == "content_unsupported" and "'input_audio'" in unheard.value.message
     claude = anthropic.Anthropic(base_url=running.url, api_key="x", max_retries=0, timeout=300)
     with pytest.raises(anthropic.BadRequestError) as by_url:
         claude.messages.create(
