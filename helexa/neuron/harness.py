@@ -139,6 +139,9 @@ class Prompt(msgspec.Struct, kw_only=True):
     text: str
     token_ids: list[int]
     messages: list[dict[str, Any]] | None = None
+    media: Any = None
+    """What a harness attaches to a prompt besides its tokens, carried from ``tokenize`` to
+    ``generate`` untouched (the torch harness's preprocessed images)."""
 
 
 class SamplingParams(msgspec.Struct, kw_only=True):

@@ -150,6 +150,7 @@ class ThinkingBudget:
             text=job.prompt.text + self.text + close,
             token_ids=[*job.prompt.token_ids, *self.ids, *close_ids],
             messages=job.prompt.messages,
+            media=job.prompt.media,  # the images stay where they were
         )
         left = job.sampling.max_tokens - len(self.ids) - len(close_ids)
         self.inside = False

@@ -35,6 +35,7 @@ from helexa_torch.engine.constraints import GrammarBook
 from helexa_torch.engine.engine import Engine, Output, deliver_each
 from helexa_torch.engine.sequence import Sequence
 from helexa_torch.engine.state_cache import plan_states
+from helexa_torch.images import ImagePrompts
 from helexa_torch.loading import Checkpoint, locate, open_checkpoint
 from helexa_torch.models.causal_lm import CausalLM, kv_bytes_per_token
 from helexa_torch.plugin import FALLBACK
@@ -95,6 +96,8 @@ class Served:
     kv_mb: float = 0.0
     """The KV cache (and recurrent states) it holds."""
     quantization: quantize.Quantization | None = None
+    images: ImagePrompts | None = None
+    """How a vision model's prompts with images are prepared; None for text-only models."""
 
 
 @dataclass
@@ -273,11 +276,13 @@ class TorchHarness:
             raise
         tokenizer = checkpoint.tokenizer
         vocabulary = set(tokenizer.get_vocab()) if hasattr(tokenizer, "get_vocab") else None
+        images = ImagePrompts.for_model(model, checkpoint.source, tokenizer)
+        capabilities = ["text", "tools"] if "tools" in (tokenizer.chat_template or "") else ["text"]
         loaded = LoadedModel(
             model_id=spec.model_id,
             devices=[index],
             memory_mb={index: need},
-            capabilities=["text", "tools"] if "tools" in (tokenizer.chat_template or "") else ["text"],
+            capabilities=capabilities + (["vision"] if images is not None else []),
             max_model_len=max_len,
             defaults=checkpoint.defaults,
             think_markers=detect_think_markers(vocabulary)
@@ -314,6 +319,7 @@ class TorchHarness:
             measured=measured,
             kv_mb=(num_blocks * block_size * per_token + state_bytes) / MB,
             quantization=quantization,
+            images=images,
         )
 
     def _engine(
@@ -432,10 +438,12 @@ class TorchHarness:
         return served
 
     async def tokenize(self, model_id: str, source: ChatPrompt | str) -> Prompt:
-        tokenizer = self._served(model_id).tokenizer
+        served = self._served(model_id)
         if isinstance(source, str):
-            return await off_loop(encode_text, tokenizer, source)
-        return await off_loop(render_chat, tokenizer, source)
+            return await off_loop(encode_text, served.tokenizer, source)
+        if served.images is not None:
+            return await off_loop(served.images.render, source)
+        return await off_loop(render_chat, served.tokenizer, source)
 
     async def generate(self, model_id: str, request: GenerationRequest) -> AsyncIterator[Delta]:
         served = self._served(model_id)
@@ -469,6 +477,7 @@ class TorchHarness:
             sampling=request.sampling,
             emit=emit,
             loop=asyncio.get_running_loop(),
+            media=request.prompt.media,
         )
         if request.constraint is not None:
             seq.matcher = await off_loop((await self._grammar(served)).matcher, request.constraint)

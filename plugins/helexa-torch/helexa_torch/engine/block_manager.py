@@ -41,7 +41,7 @@ class BlockManager:
         usable = (len(seq.token_ids) - 1) // size
         hits, previous = [], 0
         for i in range(usable):
-            tokens = tuple(seq.token_ids[i * size : (i + 1) * size])
+            tokens = seq.block_tokens(i * size, (i + 1) * size)
             key = self.chain(previous, tokens)
             block = self.by_hash.get(key)
             if block is None or self.tokens_of[block] != tokens:
@@ -95,7 +95,7 @@ class BlockManager:
         full = min(seq.num_computed, len(seq.token_ids)) // size
         previous = seq.block_hashes[-1] if seq.block_hashes else 0
         for i in range(len(seq.block_hashes), full):
-            tokens = tuple(seq.token_ids[i * size : (i + 1) * size])
+            tokens = seq.block_tokens(i * size, (i + 1) * size)
             previous = self.chain(previous, tokens)
             seq.block_hashes.append(previous)
             block = seq.block_table[i]

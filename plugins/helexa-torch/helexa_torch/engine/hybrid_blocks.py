@@ -99,7 +99,7 @@ class HybridBlockManager(BlockManager):
         previous = seq.block_hashes[-1] if seq.block_hashes else 0
         size = self.block_size
         for i in range(len(seq.block_hashes), blocks):
-            previous = self.chain(previous, tuple(seq.token_ids[i * size : (i + 1) * size]))
+            previous = self.chain(previous, seq.block_tokens(i * size, (i + 1) * size))
         return previous
 
     def keep_snapshot(self, seq: Sequence, position: int) -> int | None:

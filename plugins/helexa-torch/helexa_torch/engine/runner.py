@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from helexa_torch.engine.block_manager import BlockManager
+from helexa_torch.engine.media import step_media
 from helexa_torch.engine.scheduler import Plan
 from helexa_torch.engine.sequence import Sequence
 from helexa_torch.engine.state_cache import StateCache, StateStep
@@ -88,6 +89,7 @@ class ModelRunner:
                 sampled_rows.append(len(ids) - 1)
                 sampled.append(seq)
         ctx.slot_mapping = self._tensor(slots)
+        ctx.media = step_media(self.model, plan, self.device)
         if self.states is not None:
             ctx.states = self.pending = self.states.step(plan)
         return self._tensor(ids), self._tensor(positions), ctx, sampled_rows, sampled

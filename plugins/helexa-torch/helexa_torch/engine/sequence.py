@@ -36,6 +36,8 @@ class Sequence:
     appended on the engine thread before the token is delivered, read by the harness after."""
     after: Sequence | None = None
     """A sibling (another of the n choices) whose prompt this one waits for, to reuse its cached blocks."""
+    media: Any = None
+    """The prompt's images (`engine.media.Media`) when it has any."""
 
     def __post_init__(self) -> None:
         self.prompt_len = self.prompt_len or len(self.token_ids)
@@ -52,3 +54,9 @@ class Sequence:
     @property
     def output_ids(self) -> list[int]:
         return self.token_ids[self.prompt_len :]
+
+    def block_tokens(self, start: int, end: int) -> tuple[int, ...]:
+        """What identifies tokens ``start..end`` for prefix reuse: the ids, except that an image's
+        placeholder tokens stand for that image (two images must never share a cached block)."""
+        tokens = tuple(self.token_ids[start:end])
+        return tokens if self.media is None else self.media.key_tokens(tokens, start)

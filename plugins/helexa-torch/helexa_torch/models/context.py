@@ -42,6 +42,9 @@ class StepContext:
     prefills: list[PrefillSegment] = field(default_factory=list)
     states: Any = None
     """Hybrid models: the step's view of the recurrent-state cache (`engine.state_cache.StateStep`)."""
+    media: Any = None
+    """Vision models, in a step with images: embeddings for the image tokens and 3D positions
+    (`engine.media.StepMedia`)."""
 
 
 @dataclass

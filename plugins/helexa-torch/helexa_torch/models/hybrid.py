@@ -144,13 +144,22 @@ class HybridCausalLM(CausalLM):
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: StepContext, caches: list[KVCache]
     ) -> torch.Tensor:
-        x = self.model.embed_tokens(input_ids)
+        x = self.embed_inputs(input_ids, ctx)
+        positions = self.rotary_positions(positions, ctx)
         residual, attention = None, iter(caches)
         for layer in self.model.layers:
             cache = next(attention) if layer.kind == FULL else None
             x, residual = layer(x, residual, positions, ctx, cache)
         x, _ = self.model.norm(x, residual)
         return x
+
+    def embed_inputs(self, input_ids: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """The step's input embeddings (a vision model places its images' here)."""
+        return self.model.embed_tokens(input_ids)
+
+    def rotary_positions(self, positions: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """The positions attention rotates by (a vision model's are three-dimensional)."""
+        return positions
 
     def route(self, name: str):
         target, key = super().route(name)

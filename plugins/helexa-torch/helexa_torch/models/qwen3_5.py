@@ -1,17 +1,19 @@
 """Qwen3.5 and Qwen3.6 (dense and MoE): the hybrid Gated DeltaNet body with a dense MLP on every layer,
 or routed experts plus a gated shared expert on every layer.
 
-The ``...ForConditionalGeneration`` checkpoints (with a vision tower) are served for text: the
-language model's weights are read from under ``model.language_model`` and the tower is skipped.
+The ``...ForConditionalGeneration`` checkpoints keep their language model under
+``model.language_model``; with a ``vision_config`` they also read images (`models.vision`).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from helexa_torch.models.hybrid import HybridCausalLM
 from helexa_torch.models.layers import GatedMLP
 from helexa_torch.models.moe import SharedExpertMoE
+from helexa_torch.models.vision import VisionLanguage
 
 
 class Qwen3_5ForCausalLM(HybridCausalLM):
@@ -31,9 +33,17 @@ class Qwen3_5MoeForCausalLM(HybridCausalLM):
         )
 
 
-class Qwen3_5ForConditionalGeneration(Qwen3_5ForCausalLM):
+class Qwen3_5ForConditionalGeneration(VisionLanguage, Qwen3_5ForCausalLM):
     architecture_name = "Qwen3_5ForConditionalGeneration"
 
+    def __init__(self, config, device: torch.device, max_positions: int) -> None:
+        super().__init__(config, device, max_positions)
+        self.setup_vision(config, device, max_positions)
 
-class Qwen3_5MoeForConditionalGeneration(Qwen3_5MoeForCausalLM):
+
+class Qwen3_5MoeForConditionalGeneration(VisionLanguage, Qwen3_5MoeForCausalLM):
     architecture_name = "Qwen3_5MoeForConditionalGeneration"
+
+    def __init__(self, config, device: torch.device, max_positions: int) -> None:
+        super().__init__(config, device, max_positions)
+        self.setup_vision(config, device, max_positions)
