@@ -194,7 +194,6 @@ class Lifecycle:
             self.strategy,
             self.settings.eviction.min_residency_s,
             loaded_at,
-            self.strategy_name == "priority",
             now,
         )
 
@@ -269,11 +268,8 @@ class Lifecycle:
 
     async def _place(self, entry: CatalogueModel, node: Node, room: Room) -> tuple[Node, Replica]:
         client = self.clients[node.name]
-        victims = [node.replicas[m] for m in room.evict if m in node.replicas]
-        for victim in victims:  # before any await: no request may be routed to a victim from now on
-            victim.status, victim.pending = "unloading", True
-        node.changes += 1  # polls already under way must not bring the victims back
-        for victim in victims:
+        # Before any await: no request may be routed to a victim from now on.
+        for victim in self.fleet.evicting(node.name, list(room.evict)):
             try:
                 outcome = await client.park(victim.model_id)  # the neuron parks it if it can
                 log.info(
@@ -285,12 +281,9 @@ class Lifecycle:
                     self.strategy_name,
                 )
             finally:
-                node.replicas.pop(victim.model_id, None)
-                node.changes += 1
+                self.fleet.gone(node.name, victim.model_id)
             self.metrics.evictions.labels(victim.model_id, node.name, self.strategy_name, "make_room").inc()
-        replica = node.replicas[entry.id] = Replica(
-            model_id=entry.id, status="loading", pending=True, devices=list(room.devices)
-        )
+        self.fleet.loading(node.name, entry.id, list(room.devices))
         spec = ModelSpec(
             model_id=entry.id,
             harness=entry.harness,
@@ -302,27 +295,28 @@ class Lifecycle:
         log.info("loading %s on %s (devices %s)", entry.id, node.name, list(room.devices))
         started = time.monotonic()
         try:
-            info = await self.clients[node.name].load(spec)
-        except Exception as exc:
-            node.replicas.pop(entry.id, None)
+            info = await client.load(spec)
+        except BaseException as exc:
+            self.fleet.load_failed(node.name, entry.id)
+            await self._refresh(node.name)
+            if not isinstance(exc, Exception):
+                raise
             self.metrics.loads.labels(entry.id, node.name, "failed").observe(time.monotonic() - started)
             if isinstance(exc, ApiError):
                 raise
             raise ApiError(502, f"neuron {node.name!r} did not answer the load: {exc}") from None
-        finally:
-            node.changes += 1
-            await asyncio.shield(asyncio.ensure_future(self.refresh(node.name)))  # type: ignore[arg-type]
         elapsed = time.monotonic() - started
+        replica = self.fleet.loaded(node.name, info)
+        await self._refresh(node.name)
         self.metrics.loads.labels(entry.id, node.name, "loaded").observe(elapsed)
-        replica.status, replica.pending, replica.loaded_at = "loaded", False, time.time()
-        replica.devices, replica.vram_mb = info.devices, info.vram_used_mb
-        replica.capabilities, replica.max_model_len = info.capabilities, info.max_model_len
-        node.replicas[entry.id] = replica
         if info.vram_used_mb:
             self.sizes[entry.id] = info.vram_used_mb
         log.info("loaded %s on %s in %.1f s", entry.id, node.name, elapsed)
-        self.fleet.notify()
         return node, replica
+
+    async def _refresh(self, name: str) -> None:
+        """Poll the neuron now (free memory changed); not cancelled with the request that caused it."""
+        await asyncio.shield(asyncio.ensure_future(self.refresh(name)))  # type: ignore[arg-type]
 
     # --- admin ---------------------------------------------------------------------
 
@@ -341,7 +335,8 @@ class Lifecycle:
             if node is not None and model_id in self.fleet.nodes[node].replicas:
                 # ensure_loaded answers with the least busy replica, which may be elsewhere
                 pair = (self.fleet.nodes[node], self.fleet.nodes[node].replicas[model_id])
-        pair[1].pinned = pair[1].pinned or pinned
+        if pinned:
+            self.fleet.pin(pair[1])
         return pair
 
     async def admin_park(self, model: str, node: str | None) -> dict[str, str]:
@@ -356,15 +351,12 @@ class Lifecycle:
             )
         outcomes = {}
         for target in targets:
-            replica = target.replicas[model_id]
-            replica.status, replica.pending = "unloading", True
-            target.changes += 1
+            self.fleet.evicting(target.name, [model_id])
             try:
                 outcomes[target.name] = await self.clients[target.name].park(model_id)
             finally:
-                target.replicas.pop(model_id, None)
-                target.changes += 1
-                await asyncio.shield(asyncio.ensure_future(self.refresh(target.name)))  # type: ignore[arg-type]
+                self.fleet.gone(target.name, model_id)
+                await self._refresh(target.name)
             self.metrics.evictions.labels(model_id, target.name, self.strategy_name, "admin").inc()
             log.info("%s %s on %s (admin request)", outcomes[target.name], model_id, target.name)
         return outcomes
@@ -381,14 +373,11 @@ class Lifecycle:
                 code="model_not_found",
             )
         for target in targets:
-            replica = target.replicas[model_id]
-            replica.status, replica.pending = "unloading", True
-            target.changes += 1
+            self.fleet.evicting(target.name, [model_id])
             try:
                 await self.clients[target.name].unload(model_id)
             finally:
-                target.replicas.pop(model_id, None)
-                target.changes += 1
+                self.fleet.gone(target.name, model_id)
             self.metrics.evictions.labels(model_id, target.name, self.strategy_name, "admin").inc()
             log.info("unloaded %s from %s (admin request)", model_id, target.name)
         return [t.name for t in targets]
