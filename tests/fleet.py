@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +20,9 @@ from helexa.gateway.metrics import metrics_app
 from helexa.neuron.app import Neuron
 from helexa.neuron.app import create_app as neuron_app
 from helexa.settings import Catalogue, GatewaySettings
-from helexa.testing import serve_app
+from helexa.testing import free_port, serve_app
+
+SCRIPT = Path(__file__).with_name("scripted_neuron.py")
 
 
 @dataclass
@@ -101,3 +106,24 @@ def load(fleet: Fleet, neuron: str, model_id: str, **options: Any) -> None:
         f"{url}/models/load", json={"model_id": model_id, "options": options}, timeout=30
     ).raise_for_status()
     fleet.wait(lambda: any(model_id in n.replicas for n in fleet.gateway.fleet.healthy()))
+
+
+@contextlib.contextmanager
+def scripted(count: int = 1, routes: list[str] | None = None) -> Iterator[list[tuple[subprocess.Popen, str]]]:
+    """Misbehaving neurons (tests/scripted_neuron.py) in their own processes: (process, url) each."""
+    started = []
+    try:
+        for _ in range(count):
+            port = free_port()
+            process = subprocess.Popen(
+                [sys.executable, str(SCRIPT), str(port), *([",".join(routes)] if routes else [])],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
+            started.append((process, f"http://127.0.0.1:{port}"))
+        yield started
+    finally:
+        for process, _ in started:
+            process.kill()
+            process.wait()

@@ -185,9 +185,14 @@ class FleetState:
                 found.append((node, replica))
         return found
 
-    def least_busy(self, model_id: str) -> tuple[Node, Replica] | None:
-        """The loaded replica with the fewest requests in flight (ties: least recently used)."""
-        found = self.replicas(model_id)
+    def serves(self, node: Node, path: str) -> bool:
+        """Whether the neuron serves this inference route (one too old to say is taken to serve all)."""
+        return node.discovery is None or not node.discovery.routes or path in node.discovery.routes
+
+    def least_busy(self, model_id: str, path: str | None = None) -> tuple[Node, Replica] | None:
+        """The loaded replica with the fewest requests in flight (ties: least recently used), on a
+        neuron that serves ``path`` when one is given."""
+        found = [pair for pair in self.replicas(model_id) if path is None or self.serves(pair[0], path)]
         if not found:
             return None
         return min(found, key=lambda pair: (pair[1].in_flight, pair[1].last_used or 0.0, pair[0].name))

@@ -59,15 +59,40 @@ class Lifecycle:
 
     # --- routing -------------------------------------------------------------------
 
-    async def route(self, model_id: str) -> Lease:
-        """A lease on the replica to send a request to, loading the model first if no neuron has it."""
-        found = self.fleet.least_busy(model_id)
+    async def route(self, model_id: str, path: str | None = None) -> Lease:
+        """A lease on the replica to send a request to, loading the model first if no neuron has it.
+
+        With ``path`` (the neuron route the request goes to), only neurons that serve it are used, and a
+        route no healthy neuron serves is refused before anything is loaded or evicted for it."""
+        found = self.fleet.least_busy(model_id, path)
         while found is None:
+            if path is not None:
+                await self._first_polls()
+                self._check_served(model_id, path)
             await self._cold(model_id)
             # Between the load finishing and this waiter resuming, another placement may already have
             # displaced the model (it had no requests in flight yet): then route again.
-            found = self.fleet.least_busy(model_id)
+            found = self.fleet.least_busy(model_id, path)
         return self.fleet.lease(*found)
+
+    def _check_served(self, model_id: str, path: str) -> None:
+        known = [n for n in self.fleet.healthy() if n.discovery is not None]
+        serving = [n for n in known if self.fleet.serves(n, path)]
+        if known and not serving:
+            offered = sorted({r for n in known for r in (n.discovery.routes if n.discovery else [])})
+            raise ApiError(
+                404,
+                f"no neuron in this fleet serves {path} (they serve {', '.join(offered)})",
+                code="route_not_served",
+            )
+        holders = [n.name for n, _ in self.fleet.replicas(model_id)]
+        if holders and not any(self.fleet.serves(self.fleet.nodes[h], path) for h in holders):
+            # loading it again would find it already loaded: say why it cannot be used instead
+            raise ApiError(
+                404,
+                f"{model_id!r} is loaded only on {', '.join(holders)}, which do not serve {path}",
+                code="route_not_served",
+            )
 
     async def _cold(self, model_id: str) -> None:
         """Make ``model_id`` loaded somewhere, or raise why it cannot be."""

@@ -101,7 +101,7 @@ async def serve(gateway: Gateway, adapter: type[Adapter], receive: Receive, send
 async def connect(gateway: Gateway, exchange: Exchange, meter: Meter) -> Upstream:
     """Route (loading if needed) and send the request; returns once the neuron's answer has a head."""
     for attempt in (1, 2):
-        lease = await gateway.lifecycle.route(exchange.model_id)
+        lease = await gateway.lifecycle.route(exchange.model_id, exchange.upstream_path)
         upstream = gateway.upstream(lease)
         meter.node = upstream.node.name
         try:
