@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -125,5 +126,41 @@ def scripted(count: int = 1, routes: list[str] | None = None) -> Iterator[list[t
         yield started
     finally:
         for process, _ in started:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def helexa_role(
+    role: str, config: str, folder: Path, ready: str = "/health", timeout: float = 90, env: dict | None = None
+) -> Iterator[str]:
+    """``helexa --role ROLE --config FILE`` in its own process, as an operator runs it; yields its URL
+    once ``GET ready`` answers 200. ``config`` is the TOML text; its first ``listen`` names the port."""
+    path = folder / f"{role}-{free_port()}.toml"
+    path.write_text(config)
+    listen = next(line for line in config.splitlines() if line.strip().startswith("listen"))
+    url = "http://" + listen.split("=", 1)[1].strip().strip('"')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "helexa", "--role", role, "--config", str(path), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}{ready}", timeout=2).status_code == 200:
+                    break
+            assert process.poll() is None, f"helexa --role {role} exited with {process.returncode}"
+            assert time.monotonic() < deadline, f"helexa --role {role} did not start in {timeout:.0f} s"
+            time.sleep(0.1)
+        yield url
+        assert process.poll() is None, f"helexa --role {role} died (exit {process.returncode})"
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
