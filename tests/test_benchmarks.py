@@ -37,3 +37,14 @@ def test_neuron_serving_compares_http_with_in_process():
         row = result["streams"][streams]
         assert row["http"]["chunks"] > 0 and row["in_process"]["chunks"] > 0
         assert row["cpu_ratio_http_over_in_process"] > 0
+
+
+@pytest.mark.slow
+def test_soak_reports_resources_and_server_errors():
+    result = run("soak.py", "--minutes", "0.25", "--concurrency", "8", "--fault-every", "6")
+    assert result["processes_alive"] and result["neuron_kills"] >= 1
+    assert result["unexpected"] == [] and result["server_errors_not_from_kills"] == 0
+    assert {"openai_stream", "anthropic_whole", "malformed", "abandoned_stream"} <= set(result["outcomes"])
+    for role in ("gateway", "neuron"):
+        assert result["start"][role]["rss_mb"] > 0 and result["end"][role]["fds"] > 0
+        assert set(result["growth_pct"][role]) == {"rss_mb", "fds"}

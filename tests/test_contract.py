@@ -186,3 +186,23 @@ def test_a_neuron_says_which_routes_it_serves(echo_fleet):
         discovery["routes"]
     )
     assert echo_fleet.gateway.fleet.serves(echo_fleet.gateway.fleet.nodes["a"], "/v1/responses")
+
+
+def test_an_image_sent_to_a_text_only_model_is_named_as_an_image(echo_fleet):
+    openai_client = openai.OpenAI(base_url=f"{echo_fleet.url}/v1", api_key="none", max_retries=0)
+    parts = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]
+    with pytest.raises(openai.BadRequestError) as err:
+        openai_client.chat.completions.create(model="echo/one", messages=[{"role": "user", "content": parts}])
+    assert "messages[0] has image_url content but this model only reads text" in err.value.message
+    claude = anthropic.Anthropic(base_url=echo_fleet.url, api_key="none", max_retries=0)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        claude.messages.create(
+            model="echo/one",
+            max_tokens=10,
+            messages=[{"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}],
+        )
+    assert "image_url content but this model only reads text" in refused.value.message
