@@ -158,3 +158,30 @@ def test_placement_has_no_policy_named_after_a_strategy():
     for name in ("placement.py", "lifecycle.py"):
         source = (ROOT / "helexa" / "gateway" / name).read_text()
         assert '== "priority"' not in source and "use_priority" not in source, name
+
+
+def test_no_near_copies_of_six_lines_in_the_http_layers():
+    """The HTTP layers (gateway, neuron routes and app, shared ASGI helpers) say each thing once."""
+    files = [
+        *sorted((ROOT / "helexa" / "gateway").glob("*.py")),
+        *(
+            ROOT / "helexa" / "neuron" / name
+            for name in ("routes.py", "app.py", "completions.py", "responses.py")
+        ),
+        ROOT / "helexa" / "asgi.py",
+        ROOT / "helexa" / "openapi.py",
+    ]
+    seen: dict[tuple[str, ...], str] = {}
+    copies = []
+    for path in files:
+        lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1)]
+        code = [(n, text) for n, text in lines if text and not text.startswith("#")]
+        for k in range(len(code) - 5):
+            window = tuple(text for _, text in code[k : k + 6])
+            if sum(map(len, window)) < 100:  # six short lines (closing brackets, returns) are not a copy
+                continue
+            where = f"{path.name}:{code[k][0]}"
+            if window in seen:
+                copies.append(f"{seen[window]} ~ {where}")
+            seen.setdefault(window, where)
+    assert copies == []

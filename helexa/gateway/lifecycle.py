@@ -367,13 +367,7 @@ class Lifecycle:
     async def admin_park(self, model: str, node: str | None) -> dict[str, str]:
         """Evict a model, parking it where its neuron can; neuron name -> ``parked`` or ``unloaded``."""
         model_id = self.resolve(model)
-        targets = [n for n, _ in self.fleet.replicas(model_id) if node is None or n.name == node]
-        if not targets:
-            raise ApiError(
-                404,
-                f"model {model_id!r} is not loaded" + (f" on {node!r}" if node else ""),
-                code="model_not_found",
-            )
+        targets = self._holders(model_id, node, ("loaded",))
         outcomes = {}
         for target in targets:
             self.fleet.evicting(target.name, [model_id])
@@ -389,14 +383,7 @@ class Lifecycle:
     async def admin_unload(self, model: str, node: str | None) -> list[str]:
         """Unload for good, parked copies included."""
         model_id = self.resolve(model)
-        held = [*self.fleet.replicas(model_id), *self.fleet.replicas(model_id, "parked")]
-        targets = [n for n, _ in held if node is None or n.name == node]
-        if not targets:
-            raise ApiError(
-                404,
-                f"model {model_id!r} is not loaded" + (f" on {node!r}" if node else ""),
-                code="model_not_found",
-            )
+        targets = self._holders(model_id, node, ("loaded", "parked"))
         for target in targets:
             self.fleet.evicting(target.name, [model_id])
             try:
@@ -406,3 +393,15 @@ class Lifecycle:
             self.metrics.evictions.labels(model_id, target.name, self.strategy_name, "admin").inc()
             log.info("unloaded %s from %s (admin request)", model_id, target.name)
         return [t.name for t in targets]
+
+    def _holders(self, model_id: str, node: str | None, statuses: tuple[str, ...]) -> list[Node]:
+        """The neurons (or the one named) holding ``model_id`` in one of ``statuses``; 404 if none."""
+        held = [n for status in statuses for n, _ in self.fleet.replicas(model_id, status)]
+        targets = [n for n in held if node is None or n.name == node]
+        if not targets:
+            raise ApiError(
+                404,
+                f"model {model_id!r} is not loaded" + (f" on {node!r}" if node else ""),
+                code="model_not_found",
+            )
+        return targets
