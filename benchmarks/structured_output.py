@@ -126,11 +126,14 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     sys.exit("the model did not load")
                 time.sleep(1)
+            print("model loaded; warming up", file=sys.stderr, flush=True)
             asyncio.run(run(url, 1, 8, True, 1))  # warm up: the grammar tokenizer is built on first use
             report: dict = {"model": "SmolLM2-135M-Instruct (GGUF, float32)", "max_tokens": args.tokens}
             for streams in (1, 16):
                 free = asyncio.run(run(url, streams, args.tokens, False, args.rounds))
+                print(f"{streams} streams, free: {free}", file=sys.stderr, flush=True)
                 constrained = asyncio.run(run(url, streams, args.tokens, True, args.rounds))
+                print(f"{streams} streams, json_schema: {constrained}", file=sys.stderr, flush=True)
                 report[f"streams_{streams}"] = {
                     "free": free,
                     "json_schema": constrained,

@@ -4,8 +4,12 @@ uvicorn closes idle keep-alive connections, but a connection that opens and send
 nothing (or trickles its headers a byte at a time) is held forever, and enough of
 them use up the process's open files so that real clients are refused. Every
 helexa listener therefore serves HTTP with `GuardedHttp`: uvicorn's httptools
-protocol plus a deadline for a request's headers (armed when the connection opens
-and again after each answer) and a cap on open connections. The request body has
+protocol plus a deadline for a request's headers (armed when the connection opens,
+and on a kept-alive connection when the next request's first byte arrives) and a cap
+on open connections. Between requests uvicorn's keep-alive timeout alone applies, so
+``keepalive_timeout_s`` means what it says; arming the header deadline at the end of
+each answer instead would close idle keep-alive connections after
+``header_timeout_s`` and race clients that reuse them (seen as resets by the soak). The request body has
 its own deadline, enforced where the body is read (`helexa.asgi.read_body`).
 """
 
@@ -34,14 +38,14 @@ class GuardedHttp(HttpToolsProtocol):
             return
         self._arm()
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.header_deadline is None:
+            self._arm()  # a later request on a kept-alive connection: its headers are due in time too
+
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm()  # the next request's headers are due in time too (keep-alive alone allows trickling)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

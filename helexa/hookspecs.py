@@ -83,12 +83,14 @@ def register_eviction_strategies(register: Register) -> None:
     """Offer eviction strategies, chosen by name in `gateway.toml` (``[eviction] strategy``).
 
     Call ``register(name, factory)``; ``factory()`` takes no arguments and returns a
-    callable ``choose(models, needed_mb) -> list[str] | None``. ``models`` are the
-    residents of one device that placement allows to move (`helexa.eviction.Resident`:
-    size, last use, pin, catalogue priority, requests in flight; pinned, busy and
-    too-recently-loaded models are already left out, and under a strategy named
-    ``priority`` so are models of higher priority than the one coming in). It
-    returns the ids to unload to free at least ``needed_mb``, ``[]`` when
+    callable ``choose(models, needed_mb, incoming) -> list[str] | None``, called once
+    per device placement considers. ``models`` are the residents of that device that
+    may move at all (`helexa.eviction.Resident`: size, last use, pin, catalogue
+    priority, requests in flight; pinned, busy and too-recently-loaded models are
+    already left out); ``incoming`` is the model that needs the room
+    (`helexa.eviction.Incoming`: id, size on this device, catalogue priority), so a
+    strategy can refuse to displace what matters more (the built-in ``priority``
+    does). It returns the ids to unload to free at least ``needed_mb``, ``[]`` when
     ``needed_mb`` is not positive, or ``None`` when room cannot be made. It must
     never choose a pinned model or one with requests in flight
     (`helexa.eviction.make_room` keeps these rules for the built-ins).

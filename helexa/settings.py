@@ -40,8 +40,9 @@ class HttpSection(Section):
     """Limits on client connections, the same on every listener of a role (see helexa.connections)."""
 
     header_timeout_s: Seconds = 10.0
-    """A connection must send a request's complete headers within this long (from connecting, or
-    from the end of the previous answer), or it is closed: idle and trickling sockets cannot pile up."""
+    """A connection must send a request's complete headers within this long (from connecting, or on a
+    kept-alive connection from the request's first byte), or it is closed: idle and trickling sockets
+    cannot pile up."""
     body_timeout_s: Seconds = 60.0
     """A request's body must arrive within this long after its headers (else 408)."""
     keepalive_timeout_s: Seconds = 30.0

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +21,9 @@ from helexa.gateway.metrics import metrics_app
 from helexa.neuron.app import Neuron
 from helexa.neuron.app import create_app as neuron_app
 from helexa.settings import Catalogue, GatewaySettings
-from helexa.testing import serve_app
+from helexa.testing import free_port, serve_app
+
+SCRIPT = Path(__file__).with_name("scripted_neuron.py")
 
 
 @dataclass
@@ -101,3 +107,60 @@ def load(fleet: Fleet, neuron: str, model_id: str, **options: Any) -> None:
         f"{url}/models/load", json={"model_id": model_id, "options": options}, timeout=30
     ).raise_for_status()
     fleet.wait(lambda: any(model_id in n.replicas for n in fleet.gateway.fleet.healthy()))
+
+
+@contextlib.contextmanager
+def scripted(count: int = 1, routes: list[str] | None = None) -> Iterator[list[tuple[subprocess.Popen, str]]]:
+    """Misbehaving neurons (tests/scripted_neuron.py) in their own processes: (process, url) each."""
+    started = []
+    try:
+        for _ in range(count):
+            port = free_port()
+            process = subprocess.Popen(
+                [sys.executable, str(SCRIPT), str(port), *([",".join(routes)] if routes else [])],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
+            started.append((process, f"http://127.0.0.1:{port}"))
+        yield started
+    finally:
+        for process, _ in started:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def helexa_role(
+    role: str, config: str, folder: Path, ready: str = "/health", timeout: float = 90, env: dict | None = None
+) -> Iterator[str]:
+    """``helexa --role ROLE --config FILE`` in its own process, as an operator runs it; yields its URL
+    once ``GET ready`` answers 200. ``config`` is the TOML text; its first ``listen`` names the port."""
+    path = folder / f"{role}-{free_port()}.toml"
+    path.write_text(config)
+    listen = next(line for line in config.splitlines() if line.strip().startswith("listen"))
+    url = "http://" + listen.split("=", 1)[1].strip().strip('"')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "helexa", "--role", role, "--config", str(path), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}{ready}", timeout=2).status_code == 200:
+                    break
+            assert process.poll() is None, f"helexa --role {role} exited with {process.returncode}"
+            assert time.monotonic() < deadline, f"helexa --role {role} did not start in {timeout:.0f} s"
+            time.sleep(0.1)
+        yield url
+        assert process.poll() is None, f"helexa --role {role} died (exit {process.returncode})"
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -13,7 +13,11 @@ answers inference by the model's name, so one server can play every fault:
 - ``script/truncated`` a 200 whose body is shorter than its Content-Length, then the connection closes;
 - ``script/refuse``    429 with ``Retry-After: 7`` in OpenAI's envelope.
 
-    python tests/scripted_neuron.py PORT
+Given a comma-separated list of routes, its ``/discovery`` says it serves only those
+(else it says nothing, as a neuron too old to). ``GET /script/seen`` lists the paths it
+was sent, so a test can tell that the gateway did not try something.
+
+    python tests/scripted_neuron.py PORT [ROUTES]
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ LISTING = [
     for name in MODELS
 ]
 WORDS = ["one ", "two ", "three ", "four"]
+SEEN: list[str] = []
 
 
 def head(status: int, headers: dict[str, str]) -> bytes:
@@ -141,7 +146,9 @@ def completion(model: str, path: str) -> dict:
 
 async def answer(writer: asyncio.StreamWriter, method: str, path: str, body: bytes) -> bool:
     """Write the answer; returns whether the connection may serve another request."""
-    fixed = {"/discovery": DISCOVERY, "/health": HEALTH, "/models": LISTING}.get(path)
+    if path not in ("/health", "/models"):
+        SEEN.append(path)
+    fixed = {"/discovery": DISCOVERY, "/health": HEALTH, "/models": LISTING, "/script/seen": SEEN}.get(path)
     if method == "GET" and fixed is not None:
         writer.write(whole(200, fixed))
         return True
@@ -213,4 +220,6 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2:
+        DISCOVERY["routes"] = sys.argv[2].split(",")
     asyncio.run(main(int(sys.argv[1])))

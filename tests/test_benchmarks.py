@@ -46,3 +46,13 @@ def test_a_bf16_checkpoint_loads_in_little_more_memory_than_its_weights():
     now = result["safetensors_bf16"]["now"]
     assert now["weights_mb"] > 150
     assert now["peak_per_weight_byte"] <= 1.3, now
+
+
+def test_soak_reports_resources_and_server_errors():
+    result = run("soak.py", "--minutes", "0.25", "--concurrency", "8", "--fault-every", "6")
+    assert result["processes_alive"] and result["neuron_kills"] >= 1
+    assert result["unexpected"] == [] and result["server_errors_not_from_kills"] == 0
+    assert {"openai_stream", "anthropic_whole", "malformed", "abandoned_stream"} <= set(result["outcomes"])
+    for role in ("gateway", "neuron"):
+        assert result["start"][role]["rss_mb"] > 0 and result["end"][role]["fds"] > 0
+        assert set(result["growth_pct"][role]) == {"rss_mb", "fds"}

@@ -9,8 +9,7 @@ import anthropic
 import httpx
 import openai
 import pytest
-from fleet import gateway_only, gateway_settings, load, running_fleet
-from test_faults import scripted
+from fleet import gateway_only, gateway_settings, load, running_fleet, scripted
 
 from helexa.gateway.app import Gateway, create_app
 from helexa.settings import Catalogue
@@ -160,3 +159,50 @@ def test_openapi_describes_every_route_body_and_error_envelope(echo_fleet, role)
     else:
         load_body = paths["/models/load"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert "ModelSpec" in str(load_body)
+
+
+def test_a_route_no_neuron_serves_is_refused_before_anything_loads():
+    with (
+        scripted(1, routes=["/v1/chat/completions", "/v1/tokenize"]) as neurons,
+        gateway_only({"s": neurons[0][1]}, {"models": [{"id": "cold/model", "vram_mb": 10}]}) as running,
+    ):
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="none", max_retries=0)
+        for model in ("cold/model", "script/ok"):  # a catalogue model not loaded, and one loaded there
+            with pytest.raises(openai.NotFoundError) as err:
+                client.responses.create(model=model, input="hello")
+            assert "no neuron in this fleet serves /v1/responses" in err.value.message
+            assert err.value.code == "route_not_served"
+        seen = httpx.get(f"{neurons[0][1]}/script/seen", timeout=5).json()
+        assert "/models/load" not in seen and "/v1/responses" not in seen
+        answer = client.chat.completions.create(
+            model="script/ok", messages=[{"role": "user", "content": "x"}]
+        )
+        assert answer.choices[0].message.content == "one two three four"
+
+
+def test_a_neuron_says_which_routes_it_serves(echo_fleet):
+    discovery = httpx.get(f"{echo_fleet.neurons['a'][0]}/discovery", timeout=5).json()
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/tokenize"} <= set(
+        discovery["routes"]
+    )
+    assert echo_fleet.gateway.fleet.serves(echo_fleet.gateway.fleet.nodes["a"], "/v1/responses")
+
+
+def test_an_image_sent_to_a_text_only_model_is_named_as_an_image(echo_fleet):
+    openai_client = openai.OpenAI(base_url=f"{echo_fleet.url}/v1", api_key="none", max_retries=0)
+    parts = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]
+    with pytest.raises(openai.BadRequestError) as err:
+        openai_client.chat.completions.create(model="echo/one", messages=[{"role": "user", "content": parts}])
+    assert "messages[0] has image_url content but this model only reads text" in err.value.message
+    claude = anthropic.Anthropic(base_url=echo_fleet.url, api_key="none", max_retries=0)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        claude.messages.create(
+            model="echo/one",
+            max_tokens=10,
+            messages=[{"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}],
+        )
+    assert "image_url content but this model only reads text" in refused.value.message

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from helexa.eviction import Resident
+from helexa.eviction import Incoming, Resident, evictable, make_room
 from helexa.eviction.lru import choose as lru
 from helexa.eviction.priority import choose as priority
+from helexa.gateway.placement import Device, NodeView, rank
+from helexa.settings import CatalogueModel
 
 
 def m(model_id, size=1000, used=None, **kw):
@@ -66,3 +68,27 @@ def test_priority_and_lru_disagree_where_they_should():
     models = [m("important-but-idle", priority=9, used=1), m("busy-lately", priority=1, used=900)]
     assert lru(models, 1000) == ["important-but-idle"]
     assert priority(models, 1000) == ["busy-lately"]
+
+
+def test_priority_keeps_what_is_more_important_than_the_incoming_model():
+    models = [m("vital", used=1, priority=10), m("minor", used=2, priority=1)]
+    assert priority(models, 1000, Incoming(model_id="new", size_mb=1000, priority=5)) == ["minor"]
+    assert priority(models, 2000, Incoming(model_id="new", size_mb=2000, priority=5)) is None
+    assert priority(models, 2000, Incoming(model_id="new", size_mb=2000, priority=10)) == ["minor", "vital"]
+
+
+def test_placement_asks_the_strategy_with_the_incoming_model():
+    """Placement has no policy of its own: what a strategy refuses stays, whatever the strategy is called."""
+    seen = []
+
+    def only_smaller(models, needed_mb, incoming):
+        seen.append(incoming)
+        return make_room([r for r in evictable(models) if r.size_mb < incoming.size_mb], needed_mb)
+
+    full = Device(0, 1000, 0, (m("big", size=800, used=1), m("small", size=200, used=1)))
+    entry = CatalogueModel(id="new", priority=3, vram_mb=300)
+    choice = rank(entry, 300, [NodeView("n", (full,))], only_smaller, 0, {})
+    assert seen == [Incoming(model_id="new", size_mb=300, priority=3)]
+    assert choice.ranked == [] and "kept by the eviction strategy" in choice.busy["n"]
+    choice = rank(CatalogueModel(id="huge"), 900, [NodeView("n", (full,))], only_smaller, 0, {})
+    assert [room.evict for room in choice.ranked] == [("big", "small")]

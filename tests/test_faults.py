@@ -3,42 +3,16 @@ and the next request is served (by another neuron when one is gone)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import anthropic
 import httpx
 import openai
 import pytest
-from fleet import gateway_only
+from fleet import gateway_only, scripted
 
-from helexa.testing import free_port
-
-SCRIPT = Path(__file__).with_name("scripted_neuron.py")
 TIMEOUTS = {"proxy": {"stall_timeout_s": 1.0, "first_byte_timeout_s": 1.5}}
-
-
-@contextlib.contextmanager
-def scripted(count: int = 1) -> Iterator[list[tuple[subprocess.Popen, str]]]:
-    started = []
-    try:
-        for _ in range(count):
-            port = free_port()
-            process = subprocess.Popen(
-                [sys.executable, str(SCRIPT), str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-            )
-            assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
-            started.append((process, f"http://127.0.0.1:{port}"))
-        yield started
-    finally:
-        for process, _ in started:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

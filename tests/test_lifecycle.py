@@ -240,3 +240,25 @@ def test_status_shows_loads_in_progress():
         assert view["waiting"] == {"s/slow": 1}
         thread.join()
         load(fleet, "n", "s/slow")
+
+
+def test_priority_never_lets_a_model_displace_a_more_important_one():
+    catalogue = {"models": [model("p/high", 700, priority=10), model("p/low", 700, priority=1)]}
+    with running_fleet(
+        {"n": {"simulated_devices": ONE_SLOT_PAIR}},
+        catalogue,
+        eviction={"strategy": "priority"},
+        lifecycle={"wait_timeout_s": 1},
+    ) as fleet:
+        ask(fleet, "p/high")
+        with pytest.raises(openai.APIStatusError) as err:
+            ask(fleet, "p/low")
+        assert err.value.status_code == 503
+        assert "kept by the eviction strategy" in err.value.message
+        assert fleet.models_on("n") == {"p/high"}
+        # The other way round is allowed: the important model displaces the unimportant one.
+        unloaded = httpx.post(f"{fleet.url}/admin/models/unload", json={"model": "p/high"}, timeout=30)
+        assert unloaded.status_code == 200
+        ask(fleet, "p/low")
+        ask(fleet, "p/high")
+        assert fleet.models_on("n") == {"p/high"}

@@ -112,3 +112,76 @@ def test_every_config_key_is_documented_and_every_documented_key_exists(kind):
     assert not missing, f"{kind}.toml keys not in docs/configuration.md: {missing}"
     unknown = sorted(k for k in documented if k not in exists and k.split(".")[0] not in tables)
     assert not unknown, f"docs/configuration.md documents {kind}.toml keys that do not exist: {unknown}"
+
+
+# --- one owner of fleet state -------------------------------------------------------------
+
+
+def fleet_writes(path: Path) -> list[str]:
+    """Assignments to a Node's or Replica's fields (and changes to ``replicas``) in a module."""
+    import ast
+    import dataclasses
+
+    from helexa.gateway.fleet import Node, Replica
+
+    fields = {f.name for f in dataclasses.fields(Node)} | {f.name for f in dataclasses.fields(Replica)}
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = [t for target in node.targets for t in getattr(target, "elts", [target])]
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            mutators = {"pop", "clear", "update", "setdefault", "popitem"}
+            if isinstance(owner, ast.Attribute) and owner.attr == "replicas" and node.func.attr in mutators:
+                found.append(f"{path.name}:{node.lineno} replicas.{node.func.attr}()")
+        for target in targets:
+            if isinstance(target, ast.Subscript):
+                target = target.value
+            # ``self.x`` in a module that is not fleet.py is that class's own state, not the fleet's
+            own = isinstance(target, ast.Attribute) and ast.unparse(target.value) == "self"
+            if isinstance(target, ast.Attribute) and target.attr in fields and not own:
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(target)}")
+    return found
+
+
+def test_fleet_state_is_written_only_by_fleet_state():
+    modules = [p for p in (ROOT / "helexa" / "gateway").glob("*.py") if p.name != "fleet.py"]
+    writes = [w for p in sorted(modules) for w in fleet_writes(p)]
+    assert writes == [], "fleet state written outside FleetState: " + ", ".join(writes)
+    assert fleet_writes(ROOT / "helexa" / "gateway" / "fleet.py")  # the check sees writes where they are
+
+
+def test_placement_has_no_policy_named_after_a_strategy():
+    for name in ("placement.py", "lifecycle.py"):
+        source = (ROOT / "helexa" / "gateway" / name).read_text()
+        assert '== "priority"' not in source and "use_priority" not in source, name
+
+
+def test_no_near_copies_of_six_lines_in_the_http_layers():
+    """The HTTP layers (gateway, neuron routes and app, shared ASGI helpers) say each thing once."""
+    files = [
+        *sorted((ROOT / "helexa" / "gateway").glob("*.py")),
+        *(
+            ROOT / "helexa" / "neuron" / name
+            for name in ("routes.py", "app.py", "completions.py", "responses.py")
+        ),
+        ROOT / "helexa" / "asgi.py",
+        ROOT / "helexa" / "openapi.py",
+    ]
+    seen: dict[tuple[str, ...], str] = {}
+    copies = []
+    for path in files:
+        lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1)]
+        code = [(n, text) for n, text in lines if text and not text.startswith("#")]
+        for k in range(len(code) - 5):
+            window = tuple(text for _, text in code[k : k + 6])
+            if sum(map(len, window)) < 100:  # six short lines (closing brackets, returns) are not a copy
+                continue
+            where = f"{path.name}:{code[k][0]}"
+            if window in seen:
+                copies.append(f"{seen[window]} ~ {where}")
+            seen.setdefault(window, where)
+    assert copies == []

@@ -138,10 +138,10 @@ def test_in_process_plugin_objects():
     class Inline:
         @hookimpl
         def register_eviction_strategies(self, register):
-            register("never", lambda: lambda models, needed: None)
+            register("never", lambda: lambda models, needed, incoming: None)
 
     host = load_plugins(discovered=[], extra={"inline": Inline()})
-    assert host.eviction_strategies.get("never")()([], 10) is None
+    assert host.eviction_strategies.get("never")()([], 10, None) is None
 
 
 def test_installed_builtin_strategies_come_through_entry_points():

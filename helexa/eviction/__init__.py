@@ -1,8 +1,10 @@
 """Eviction strategies: which resident models to unload to make room on a node.
 
-A strategy is a pure function ``choose(models, needed_mb) -> list[str] | None``
-over a node's resident models. The built-in ones (`lru`, `priority`) are plugins
-registered through helexa's own entry points, exactly as a third party's would be.
+A strategy is a pure function ``choose(models, needed_mb, incoming) -> list[str] | None``
+over a device's resident models and the model coming in (`Incoming`): its whole
+policy, including which residents the incoming model may displace at all. The
+built-in ones (`lru`, `priority`) are plugins registered through helexa's own
+entry points, exactly as a third party's would be.
 
 Rules every strategy keeps (enforced by `make_room`, which both built-ins use):
 a pinned model and a model with requests in flight are never chosen; the answer
@@ -33,7 +35,18 @@ class Resident(msgspec.Struct, frozen=True, kw_only=True):
     rather than dropping it: a cheaper eviction to come back from."""
 
 
-Strategy = Callable[[Sequence[Resident], int], list[str] | None]
+class Incoming(msgspec.Struct, frozen=True, kw_only=True):
+    """The model that needs the room, as eviction strategies see it."""
+
+    model_id: str
+    size_mb: int
+    """What it needs on this device."""
+    priority: int = 0
+    """Its residency priority from the catalogue."""
+
+
+Strategy = Callable[[Sequence[Resident], int, Incoming], list[str] | None]
+"""``choose(models, needed_mb, incoming)``; see the hookspec `register_eviction_strategies`."""
 
 
 def evictable(models: Iterable[Resident]) -> list[Resident]:

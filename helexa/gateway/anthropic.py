@@ -149,7 +149,7 @@ async def count_tokens(gateway: Gateway, body: bytes, watch: Callable[[Any], Any
     kwargs = translated(lambda: treq.thinking_kwargs(request.thinking))
     if kwargs:
         openai["chat_template_kwargs"] = kwargs
-    lease = await watch(gateway.lifecycle.route(model_id))
+    lease = await watch(gateway.lifecycle.route(model_id, "/v1/tokenize"))
     try:
         counted = await gateway.clients[lease.node.name].tokenize(openai)
     finally:

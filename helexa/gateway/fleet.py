@@ -3,7 +3,9 @@
 Which neurons are healthy, their devices and free memory, which models each has in
 which status, and, from the gateway's own side, when each model was last used and
 how many requests it has in flight there. The poller feeds it; routing, placement
-and the admin views read it.
+and the admin views read it; the lifecycle changes it only through the named
+operations below (`evicting`, `gone`, `loading`, `loaded`, `load_failed`, `pin`), so
+every write to fleet state is in this module.
 """
 
 from __future__ import annotations
@@ -183,9 +185,14 @@ class FleetState:
                 found.append((node, replica))
         return found
 
-    def least_busy(self, model_id: str) -> tuple[Node, Replica] | None:
-        """The loaded replica with the fewest requests in flight (ties: least recently used)."""
-        found = self.replicas(model_id)
+    def serves(self, node: Node, path: str) -> bool:
+        """Whether the neuron serves this inference route (one too old to say is taken to serve all)."""
+        return node.discovery is None or not node.discovery.routes or path in node.discovery.routes
+
+    def least_busy(self, model_id: str, path: str | None = None) -> tuple[Node, Replica] | None:
+        """The loaded replica with the fewest requests in flight (ties: least recently used), on a
+        neuron that serves ``path`` when one is given."""
+        found = [pair for pair in self.replicas(model_id) if path is None or self.serves(pair[0], path)]
         if not found:
             return None
         return min(found, key=lambda pair: (pair[1].in_flight, pair[1].last_used or 0.0, pair[0].name))
@@ -199,3 +206,48 @@ class FleetState:
         replica.in_flight = max(0, replica.in_flight - 1)
         replica.last_used = time.time()
         self.notify()
+
+    # --- the gateway's own loads and unloads -----------------------------------------
+
+    def evicting(self, name: str, model_ids: list[str]) -> list[Replica]:
+        """These replicas are about to be unloaded or parked: from now on no request is routed to
+        them, and a poll already under way must not bring them back."""
+        node = self.nodes[name]
+        victims = [node.replicas[m] for m in model_ids if m in node.replicas]
+        for victim in victims:
+            victim.status, victim.pending = "unloading", True
+        node.changes += 1
+        return victims
+
+    def gone(self, name: str, model_id: str) -> None:
+        """An eviction or unload finished (or failed: the next poll says what is really there)."""
+        node = self.nodes[name]
+        node.replicas.pop(model_id, None)
+        node.changes += 1
+        self.notify()
+
+    def loading(self, name: str, model_id: str, devices: list[int]) -> Replica:
+        """The gateway starts loading ``model_id`` here; polls leave it alone until it is done."""
+        replica = Replica(model_id=model_id, status="loading", pending=True, devices=list(devices))
+        self.nodes[name].replicas[model_id] = replica
+        return replica
+
+    def loaded(self, name: str, info: ModelInfo) -> Replica:
+        """The neuron answered the gateway's load: the replica is routable from now on."""
+        node = self.nodes[name]
+        replica = node.replicas.get(info.id) or Replica(model_id=info.id, status="loading")
+        replica.status, replica.pending, replica.loaded_at = "loaded", False, time.time()
+        replica.devices, replica.vram_mb = info.devices, info.vram_used_mb
+        replica.capabilities, replica.max_model_len = info.capabilities, info.max_model_len
+        node.replicas[info.id] = replica
+        node.changes += 1
+        self.notify()
+        return replica
+
+    def load_failed(self, name: str, model_id: str) -> None:
+        """The gateway's load did not happen: forget the placeholder."""
+        self.gone(name, model_id)
+
+    def pin(self, replica: Replica) -> None:
+        """Pinned by an operator: never evicted until unloaded."""
+        replica.pinned = True

@@ -59,15 +59,40 @@ class Lifecycle:
 
     # --- routing -------------------------------------------------------------------
 
-    async def route(self, model_id: str) -> Lease:
-        """A lease on the replica to send a request to, loading the model first if no neuron has it."""
-        found = self.fleet.least_busy(model_id)
+    async def route(self, model_id: str, path: str | None = None) -> Lease:
+        """A lease on the replica to send a request to, loading the model first if no neuron has it.
+
+        With ``path`` (the neuron route the request goes to), only neurons that serve it are used, and a
+        route no healthy neuron serves is refused before anything is loaded or evicted for it."""
+        found = self.fleet.least_busy(model_id, path)
         while found is None:
+            if path is not None:
+                await self._first_polls()
+                self._check_served(model_id, path)
             await self._cold(model_id)
             # Between the load finishing and this waiter resuming, another placement may already have
             # displaced the model (it had no requests in flight yet): then route again.
-            found = self.fleet.least_busy(model_id)
+            found = self.fleet.least_busy(model_id, path)
         return self.fleet.lease(*found)
+
+    def _check_served(self, model_id: str, path: str) -> None:
+        known = [n for n in self.fleet.healthy() if n.discovery is not None]
+        serving = [n for n in known if self.fleet.serves(n, path)]
+        if known and not serving:
+            offered = sorted({r for n in known for r in (n.discovery.routes if n.discovery else [])})
+            raise ApiError(
+                404,
+                f"no neuron in this fleet serves {path} (they serve {', '.join(offered)})",
+                code="route_not_served",
+            )
+        holders = [n.name for n, _ in self.fleet.replicas(model_id)]
+        if holders and not any(self.fleet.serves(self.fleet.nodes[h], path) for h in holders):
+            # loading it again would find it already loaded: say why it cannot be used instead
+            raise ApiError(
+                404,
+                f"{model_id!r} is loaded only on {', '.join(holders)}, which do not serve {path}",
+                code="route_not_served",
+            )
 
     async def _cold(self, model_id: str) -> None:
         """Make ``model_id`` loaded somewhere, or raise why it cannot be."""
@@ -194,7 +219,6 @@ class Lifecycle:
             self.strategy,
             self.settings.eviction.min_residency_s,
             loaded_at,
-            self.strategy_name == "priority",
             now,
         )
 
@@ -269,11 +293,8 @@ class Lifecycle:
 
     async def _place(self, entry: CatalogueModel, node: Node, room: Room) -> tuple[Node, Replica]:
         client = self.clients[node.name]
-        victims = [node.replicas[m] for m in room.evict if m in node.replicas]
-        for victim in victims:  # before any await: no request may be routed to a victim from now on
-            victim.status, victim.pending = "unloading", True
-        node.changes += 1  # polls already under way must not bring the victims back
-        for victim in victims:
+        # Before any await: no request may be routed to a victim from now on.
+        for victim in self.fleet.evicting(node.name, list(room.evict)):
             try:
                 outcome = await client.park(victim.model_id)  # the neuron parks it if it can
                 log.info(
@@ -285,12 +306,9 @@ class Lifecycle:
                     self.strategy_name,
                 )
             finally:
-                node.replicas.pop(victim.model_id, None)
-                node.changes += 1
+                self.fleet.gone(node.name, victim.model_id)
             self.metrics.evictions.labels(victim.model_id, node.name, self.strategy_name, "make_room").inc()
-        replica = node.replicas[entry.id] = Replica(
-            model_id=entry.id, status="loading", pending=True, devices=list(room.devices)
-        )
+        self.fleet.loading(node.name, entry.id, list(room.devices))
         spec = ModelSpec(
             model_id=entry.id,
             harness=entry.harness,
@@ -302,27 +320,28 @@ class Lifecycle:
         log.info("loading %s on %s (devices %s)", entry.id, node.name, list(room.devices))
         started = time.monotonic()
         try:
-            info = await self.clients[node.name].load(spec)
-        except Exception as exc:
-            node.replicas.pop(entry.id, None)
+            info = await client.load(spec)
+        except BaseException as exc:
+            self.fleet.load_failed(node.name, entry.id)
+            await self._refresh(node.name)
+            if not isinstance(exc, Exception):
+                raise
             self.metrics.loads.labels(entry.id, node.name, "failed").observe(time.monotonic() - started)
             if isinstance(exc, ApiError):
                 raise
             raise ApiError(502, f"neuron {node.name!r} did not answer the load: {exc}") from None
-        finally:
-            node.changes += 1
-            await asyncio.shield(asyncio.ensure_future(self.refresh(node.name)))  # type: ignore[arg-type]
         elapsed = time.monotonic() - started
+        replica = self.fleet.loaded(node.name, info)
+        await self._refresh(node.name)
         self.metrics.loads.labels(entry.id, node.name, "loaded").observe(elapsed)
-        replica.status, replica.pending, replica.loaded_at = "loaded", False, time.time()
-        replica.devices, replica.vram_mb = info.devices, info.vram_used_mb
-        replica.capabilities, replica.max_model_len = info.capabilities, info.max_model_len
-        node.replicas[entry.id] = replica
         if info.vram_used_mb:
             self.sizes[entry.id] = info.vram_used_mb
         log.info("loaded %s on %s in %.1f s", entry.id, node.name, elapsed)
-        self.fleet.notify()
         return node, replica
+
+    async def _refresh(self, name: str) -> None:
+        """Poll the neuron now (free memory changed); not cancelled with the request that caused it."""
+        await asyncio.shield(asyncio.ensure_future(self.refresh(name)))  # type: ignore[arg-type]
 
     # --- admin ---------------------------------------------------------------------
 
@@ -341,30 +360,22 @@ class Lifecycle:
             if node is not None and model_id in self.fleet.nodes[node].replicas:
                 # ensure_loaded answers with the least busy replica, which may be elsewhere
                 pair = (self.fleet.nodes[node], self.fleet.nodes[node].replicas[model_id])
-        pair[1].pinned = pair[1].pinned or pinned
+        if pinned:
+            self.fleet.pin(pair[1])
         return pair
 
     async def admin_park(self, model: str, node: str | None) -> dict[str, str]:
         """Evict a model, parking it where its neuron can; neuron name -> ``parked`` or ``unloaded``."""
         model_id = self.resolve(model)
-        targets = [n for n, _ in self.fleet.replicas(model_id) if node is None or n.name == node]
-        if not targets:
-            raise ApiError(
-                404,
-                f"model {model_id!r} is not loaded" + (f" on {node!r}" if node else ""),
-                code="model_not_found",
-            )
+        targets = self._holders(model_id, node, ("loaded",))
         outcomes = {}
         for target in targets:
-            replica = target.replicas[model_id]
-            replica.status, replica.pending = "unloading", True
-            target.changes += 1
+            self.fleet.evicting(target.name, [model_id])
             try:
                 outcomes[target.name] = await self.clients[target.name].park(model_id)
             finally:
-                target.replicas.pop(model_id, None)
-                target.changes += 1
-                await asyncio.shield(asyncio.ensure_future(self.refresh(target.name)))  # type: ignore[arg-type]
+                self.fleet.gone(target.name, model_id)
+                await self._refresh(target.name)
             self.metrics.evictions.labels(model_id, target.name, self.strategy_name, "admin").inc()
             log.info("%s %s on %s (admin request)", outcomes[target.name], model_id, target.name)
         return outcomes
@@ -372,23 +383,25 @@ class Lifecycle:
     async def admin_unload(self, model: str, node: str | None) -> list[str]:
         """Unload for good, parked copies included."""
         model_id = self.resolve(model)
-        held = [*self.fleet.replicas(model_id), *self.fleet.replicas(model_id, "parked")]
-        targets = [n for n, _ in held if node is None or n.name == node]
+        targets = self._holders(model_id, node, ("loaded", "parked"))
+        for target in targets:
+            self.fleet.evicting(target.name, [model_id])
+            try:
+                await self.clients[target.name].unload(model_id)
+            finally:
+                self.fleet.gone(target.name, model_id)
+            self.metrics.evictions.labels(model_id, target.name, self.strategy_name, "admin").inc()
+            log.info("unloaded %s from %s (admin request)", model_id, target.name)
+        return [t.name for t in targets]
+
+    def _holders(self, model_id: str, node: str | None, statuses: tuple[str, ...]) -> list[Node]:
+        """The neurons (or the one named) holding ``model_id`` in one of ``statuses``; 404 if none."""
+        held = [n for status in statuses for n, _ in self.fleet.replicas(model_id, status)]
+        targets = [n for n in held if node is None or n.name == node]
         if not targets:
             raise ApiError(
                 404,
                 f"model {model_id!r} is not loaded" + (f" on {node!r}" if node else ""),
                 code="model_not_found",
             )
-        for target in targets:
-            replica = target.replicas[model_id]
-            replica.status, replica.pending = "unloading", True
-            target.changes += 1
-            try:
-                await self.clients[target.name].unload(model_id)
-            finally:
-                target.replicas.pop(model_id, None)
-                target.changes += 1
-            self.metrics.evictions.labels(model_id, target.name, self.strategy_name, "admin").inc()
-            log.info("unloaded %s from %s (admin request)", model_id, target.name)
-        return [t.name for t in targets]
+        return targets

@@ -67,9 +67,22 @@ def _usage_of(content: bytes) -> Any:
     return answer.get("usage") if isinstance(answer, dict) else None
 
 
-class OpenAIExchange:
+class _Passthrough:
+    """What every passthrough protocol shares: the neuron already speaks it, whole answers go back as
+    they are (their usage metered), refusals keep the neuron's words."""
+
     stream_headers = SSE_HEADERS
 
+    def answer(self, content: bytes, meter: Meter) -> tuple[bytes, bytes]:
+        meter.usage(_usage_of(content))
+        meter.token()
+        return content, JSON
+
+    def refused(self, error: ApiError) -> ApiError:
+        return error
+
+
+class OpenAIExchange(_Passthrough):
     def __init__(self, path: str, head: RequestHead, body: bytes, model_id: str, strip_usage: bool) -> None:
         self.upstream_path = path
         self.model_id = model_id
@@ -77,11 +90,6 @@ class OpenAIExchange:
         self.upstream_body = body
         self.strip_usage = strip_usage
         self.keepalive = sse.comment(f"loading {model_id}")
-
-    def answer(self, content: bytes, meter: Meter) -> tuple[bytes, bytes]:
-        meter.usage(_usage_of(content))
-        meter.token()
-        return content, JSON
 
     async def events(self, upstream: AsyncIterator[bytes], meter: Meter) -> AsyncIterator[bytes]:
         async for event in upstream:
@@ -94,9 +102,6 @@ class OpenAIExchange:
                 if self.strip_usage and not payload.get("choices"):
                     continue  # the gateway asked for this one on the client's behalf
             yield event
-
-    def refused(self, error: ApiError) -> ApiError:
-        return error  # the neuron speaks this protocol already
 
     def stream_error(self, error: ApiError) -> bytes:
         return sse.json_frame(error.openai_body()) + sse.DONE
@@ -144,11 +149,10 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     max_output_tokens: int | None = None
 
 
-class ResponsesExchange:
+class ResponsesExchange(_Passthrough):
     """OpenAI Responses, passed through: the neuron serves ``/v1/responses`` itself."""
 
     upstream_path = "/v1/responses"
-    stream_headers = SSE_HEADERS
 
     def __init__(self, head: RequestHead, body: bytes, model_id: str) -> None:
         self.model_id = model_id
@@ -157,11 +161,6 @@ class ResponsesExchange:
         self.keepalive = sse.comment(f"loading {model_id}")
         self.sequence = -1
         self.response_id = ""
-
-    def answer(self, content: bytes, meter: Meter) -> tuple[bytes, bytes]:
-        meter.usage(_usage_of(content))
-        meter.token()
-        return content, JSON
 
     async def events(self, upstream: AsyncIterator[bytes], meter: Meter) -> AsyncIterator[bytes]:
         async for event in upstream:
@@ -181,9 +180,6 @@ class ResponsesExchange:
                 response = msgspec.json.decode(data).get("response") or {}
                 self.response_id = str(response.get("id") or "")
             yield event
-
-    def refused(self, error: ApiError) -> ApiError:
-        return error  # the neuron speaks this protocol already
 
     def stream_error(self, error: ApiError) -> bytes:
         self.sequence += 1

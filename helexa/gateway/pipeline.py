@@ -8,7 +8,9 @@ in that protocol. Everything else happens here, once, for every protocol:
 - **lease**: routing returns a lease on a replica (counted in flight, so it cannot
   be evicted); the `Upstream` holds it until the answer is finished or abandoned;
 - **keepalive**: a stream whose model is still loading gets the adapter's
-  keep-alive frame every ``[lifecycle] keepalive_s``;
+  keep-alive frame every ``[lifecycle] keepalive_s``; a stream whose replica is ready
+  waits for the neuron's own answer head instead, so that a refusal (429 when the
+  neuron is at capacity) is still a real HTTP status and never a 200 cut short;
 - **refusal**: a neuron's non-200 is the client's error, with the neuron's status,
   words and ``Retry-After`` (a real HTTP status while headers are unsent, an
   in-protocol error event after);
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import msgspec
 
-from helexa.asgi import Receive, Send, read_body, send_bytes, stream, until_disconnect
+from helexa.asgi import ClientGone, Receive, Send, read_body, send_bytes, stream, until_disconnect
 from helexa.errors import ApiError
 from helexa.gateway.meter import Meter
 from helexa.gateway.upstream import Unreachable, Upstream, UpstreamBroken
@@ -98,10 +100,15 @@ async def serve(gateway: Gateway, adapter: type[Adapter], receive: Receive, send
         await _whole(gateway, exchange, meter, receive, send)
 
 
-async def connect(gateway: Gateway, exchange: Exchange, meter: Meter) -> Upstream:
-    """Route (loading if needed) and send the request; returns once the neuron's answer has a head."""
+async def connect(
+    gateway: Gateway, exchange: Exchange, meter: Meter, routed: asyncio.Event | None = None
+) -> Upstream:
+    """Route (loading if needed) and send the request; returns once the neuron's answer has a head.
+    ``routed`` is set once a replica is leased (no load to wait for any more)."""
     for attempt in (1, 2):
-        lease = await gateway.lifecycle.route(exchange.model_id)
+        lease = await gateway.lifecycle.route(exchange.model_id, exchange.upstream_path)
+        if routed is not None:
+            routed.set()
         upstream = gateway.upstream(lease)
         meter.node = upstream.node.name
         try:
@@ -148,8 +155,18 @@ async def _whole(gateway: Gateway, exchange: Exchange, meter: Meter, receive: Re
 
 
 async def _streamed(gateway: Gateway, exchange: Exchange, meter: Meter, receive: Receive, send: Send) -> None:
-    routing = asyncio.ensure_future(connect(gateway, exchange, meter))
+    routed = asyncio.Event()
+    routing = asyncio.ensure_future(connect(gateway, exchange, meter, routed))
     await asyncio.wait({routing}, timeout=QUICK_S)
+    if not routing.done() and routed.is_set():
+        # No load to keep the client company through: the neuron is admitting or queueing the request.
+        # Its head decides the client's status (a 429 stays a 429), so wait for it, watching the client.
+        try:
+            await until_disconnect(receive, asyncio.wait({routing}))
+        except ClientGone:
+            _abandon(routing)
+            meter.record(gateway.metrics, "client_gone")
+            raise
     upstream: Upstream | None = None
     if routing.done():  # errors this early still get a real HTTP status
         try:

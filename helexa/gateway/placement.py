@@ -5,7 +5,8 @@ device count, per-device memory floor, total memory). Ranking orders the feasibl
 healthy neurons: pinned first, then those where the model is parked (a wake is a
 copy from host memory, not a load), then those where it fits in free memory, then
 those where it fits after evicting what it may displace, then most free memory,
-then name. `plan_room` asks the eviction strategy which models to unload on a device.
+then name. `plan_room` asks the eviction strategy which models to unload on a device;
+the strategy alone decides which residents the incoming model may displace.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from helexa.eviction import Resident, Strategy
+from helexa.eviction import Incoming, Resident, Strategy
 from helexa.settings import CatalogueModel
 
 DEFAULT_SIZE_MB = 1024
@@ -78,32 +79,24 @@ def infeasible_reason(entry: CatalogueModel, node: NodeView, size_mb: int) -> st
 
 
 def movable(
-    residents: Sequence[Resident],
-    now: float,
-    min_residency_s: float,
-    loaded_at: dict[str, float],
-    priority: int | None,
+    residents: Sequence[Resident], now: float, min_residency_s: float, loaded_at: dict[str, float]
 ) -> list[Resident]:
-    """Residents that may be displaced: not pinned, idle, past their minimum residency, and (under the
-    priority strategy) not more important than the model coming in."""
-    out = []
-    for r in residents:
-        if r.pinned or r.in_flight or now - loaded_at.get(r.model_id, 0.0) < min_residency_s:
-            continue
-        if priority is not None and r.priority > priority:
-            continue
-        out.append(r)
-    return out
+    """Residents that may be displaced at all: not pinned, idle, past their minimum residency."""
+    return [
+        r
+        for r in residents
+        if not r.pinned and not r.in_flight and now - loaded_at.get(r.model_id, 0.0) >= min_residency_s
+    ]
 
 
 def plan_room(
-    device: Device, size_mb: int, strategy: Strategy, candidates: Sequence[Resident]
+    device: Device, incoming: Incoming, strategy: Strategy, candidates: Sequence[Resident]
 ) -> tuple[str, ...] | None:
-    """What to unload from ``device`` so ``size_mb`` fits (``()`` if it already does; None if it cannot)."""
-    short = size_mb - device.free_mb
+    """What to unload from ``device`` so ``incoming`` fits (``()`` if it already does; None if it cannot)."""
+    short = incoming.size_mb - device.free_mb
     if short <= 0:
         return ()
-    chosen = strategy(candidates, short)
+    chosen = strategy(candidates, short, incoming)
     return None if chosen is None else tuple(chosen)
 
 
@@ -114,14 +107,13 @@ def rank(
     strategy: Strategy,
     min_residency_s: float,
     loaded_at: dict[str, float],
-    use_priority: bool = False,
     now: float | None = None,
 ) -> Choice:
     """Every way to place ``entry``, best first, and why the other neurons cannot take it."""
     now = time.time() if now is None else now
     choice = Choice(ranked=[])
     keyed: list[tuple[tuple, Room]] = []
-    per_device = -(-size_mb // entry.min_devices)
+    incoming = Incoming(model_id=entry.id, size_mb=-(-size_mb // entry.min_devices), priority=entry.priority)
     for node in nodes:
         reason = infeasible_reason(entry, node, size_mb)
         if reason is not None:
@@ -135,16 +127,15 @@ def rank(
         ]
         rooms = []
         for device in usable:
-            candidates = movable(
-                device.residents, now, min_residency_s, loaded_at, entry.priority if use_priority else None
-            )
-            evict = plan_room(device, per_device, strategy, candidates)
+            candidates = movable(device.residents, now, min_residency_s, loaded_at)
+            evict = plan_room(device, incoming, strategy, candidates)
             if evict is not None:
                 rooms.append((len(evict) > 0, len(evict), -device.free_mb, device.index, evict))
         rooms.sort()
         if len(rooms) < entry.min_devices:
             choice.busy[node.name] = (
-                f"no room for {size_mb} MB: what is resident is busy, pinned, or loaded too recently to evict"
+                f"no room for {size_mb} MB: what is resident is busy, pinned, loaded too recently to evict,"
+                " or kept by the eviction strategy"
             )
             continue
         picked = rooms[: entry.min_devices]

@@ -81,6 +81,7 @@ class Neuron:
         cap = self.settings.neuron.max_prompt_tokens
         found = self.hardware.discovery(self.name, cap)
         found.architectures = self.plugins.architecture_runtimes()
+        found.routes = [raw.path for raw in DESCRIBED]
         return found
 
     def health(self) -> HealthResponse:

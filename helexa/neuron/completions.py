@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from helexa import sse
 from helexa.errors import ApiError
 from helexa.neuron.choices import Choices, completion_logprobs, interleaved
 from helexa.neuron.harness import Prompt, TokenLogprob
@@ -114,13 +115,13 @@ async def completion_stream(
             logprobs = completion_logprobs(entries, offsets[index])
         offsets[index] += len(text)
         choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}
-        return b"data: " + msgspec.json.encode({**head, "choices": [choice]}) + b"\n\n"
+        return sse.json_frame({**head, "choices": [choice]})
 
     try:
         if echo and job.prompt.text:
             for index in range(len(generations)):
                 choice = {"index": index, "text": job.prompt.text, "finish_reason": None, "logprobs": None}
-                yield b"data: " + msgspec.json.encode({**head, "choices": [choice]}) + b"\n\n"
+                yield sse.json_frame({**head, "choices": [choice]})
         async for index, event in interleaved([events(manager, job, g) for g in generations]):
             if isinstance(event, Logprobs):
                 pending[index].extend(event.entries)
@@ -131,7 +132,7 @@ async def completion_stream(
                 yield frame(index, event.text)
         if include_usage:
             usage = total_usage(finishes)
-            yield b"data: " + msgspec.json.encode({**head, "choices": [], "usage": usage}) + b"\n\n"
+            yield sse.json_frame({**head, "choices": [], "usage": usage})
         yield DONE
     except ApiError as error:
         yield error_frame(error)

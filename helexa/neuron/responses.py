@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from helexa import sse
 from helexa.errors import ApiError
 from helexa.neuron import serving
 from helexa.neuron.models import Generation, ModelManager
@@ -81,7 +82,7 @@ async def response(manager: ModelManager, prepared: ResponseJob, generation: Gen
 
 
 def frame(event: dict[str, Any]) -> bytes:
-    return b"event: " + event["type"].encode() + b"\ndata: " + msgspec.json.encode(event) + b"\n\n"
+    return sse.json_frame(event, event["type"])
 
 
 async def stream(

@@ -148,12 +148,12 @@ def message_dicts(messages: list[oa.ChatMessage], vision: bool) -> list[dict[str
         item: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role}
         content = message.content
         if isinstance(content, list):
-            if any(part.type != "text" for part in content):
+            other = next((part.type for part in content if part.type != "text"), None)
+            if other is not None:
                 if not vision:
                     raise ApiError(
                         400,
-                        f"messages[{i}] has {content[0].type if content else 'non-text'} "
-                        "content but this model only reads text",
+                        f"messages[{i}] has {other} content but this model only reads text",
                         code="vision_unsupported",
                         param=f"messages[{i}].content",
                     )

@@ -53,6 +53,9 @@ class DiscoveryResponse(msgspec.Struct, kw_only=True):
     """The neuron's configured name (defaults to the hostname)."""
     architectures: dict[str, str] = msgspec.field(default_factory=dict)
     """Model architectures the harnesses can run -> ``native`` or ``fallback`` (see `helexa plugins`)."""
+    routes: list[str] = msgspec.field(default_factory=list)
+    """The inference routes it serves (``/v1/chat/completions``, ...); empty from a neuron too old to
+    say, which the gateway takes to serve every route."""
 
 
 class DeviceHealth(msgspec.Struct, kw_only=True):
