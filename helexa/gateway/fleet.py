@@ -28,6 +28,9 @@ class Replica:
     max_model_len: int | None = None
     in_flight: int = 0
     """Requests the gateway is proxying to it right now."""
+    claimed: int = 0
+    """Requests that waited for the gateway to load it and have not been routed to it yet: like
+    requests in flight, they keep it from being evicted before they reach it."""
     last_used: float | None = None
     loaded_at: float = field(default_factory=time.time)
     """When the gateway first saw it loaded (its own clock, for minimum residency)."""

@@ -129,6 +129,7 @@ class Lifecycle:
             task = asyncio.create_task(self._load(entry, node), name=f"load:{model_id}")
             self.loads[model_id] = task
             task.add_done_callback(lambda _: self.loads.pop(model_id, None))
+        claims = not task.done()  # counted among the waiters the load claims its replica for
         self.waiters[model_id] = waiting + 1
         started = time.monotonic()
         try:
@@ -146,6 +147,11 @@ class Lifecycle:
         finally:
             self.waiters[model_id] -= 1
             self.metrics.queue_wait.labels(model_id).observe(time.monotonic() - started)
+            if claims and task.done() and not task.cancelled() and task.exception() is None:
+                # This waiter's hold on the new replica ends here; the caller leases it (or another
+                # replica) before yielding to the loop, so no placement can slip in between.
+                claimed = task.result()[1]
+                claimed.claimed = max(0, claimed.claimed - 1)
         self.metrics.cold_starts.labels(model_id, node_.name).inc()
         found = self.fleet.least_busy(model_id)
         return found if found is not None else (node_, replica)
@@ -177,7 +183,7 @@ class Lifecycle:
             last_used=replica.last_used,
             pinned=replica.pinned or bool(entry and node.name in entry.pinned_on),
             priority=entry.priority if entry else 0,
-            in_flight=replica.in_flight,
+            in_flight=replica.in_flight + replica.claimed,
             parks=replica.parkable,
         )
 
@@ -315,6 +321,10 @@ class Lifecycle:
         elapsed = time.monotonic() - started
         self.metrics.loads.labels(entry.id, node.name, "loaded").observe(elapsed)
         replica.status, replica.pending, replica.loaded_at = "loaded", False, time.time()
+        # The requests that waited for this load have yet to resume and be routed here; until each
+        # has, the replica is theirs (otherwise the next placement on this node, already waiting
+        # for its lock, may evict it first, and two cold models wanted at once thrash forever).
+        replica.claimed = self.waiters.get(entry.id, 0)
         replica.devices, replica.vram_mb = info.devices, info.vram_used_mb
         replica.capabilities, replica.max_model_len = info.capabilities, info.max_model_len
         node.replicas[entry.id] = replica
