@@ -188,6 +188,8 @@ def run(strategy: str, args: argparse.Namespace, swap: Swap | None = None) -> di
             n * sizes[m] / swap.wake_mb_per_s for m, n in woken.items()
         )
         timing = {
+            # Each model's first load is cold whatever happens; parking can only spare the reloads.
+            "first_loads_per_1000": round(len(set(mix)) * per_1000, 1),
             "cold_loads_per_1000": round(sum(cold.values()) * per_1000, 1),
             "wakes_per_1000": round(sum(woken.values()) * per_1000, 1),
             "swap_seconds_per_request": round(seconds / args.requests, 3),

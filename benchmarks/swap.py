@@ -151,23 +151,49 @@ def measure_models(rounds: int) -> dict:
                         if kind == "wake":
                             samples[model]["warm"].append(first_token_s(url, model)[0])
             metrics = httpx.get(f"{neuron}/metrics", timeout=10).text
-    wakes = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("helexa_neuron_wakes_total") and 'outcome="ok"' in line
-    )
+    neuron_side = swap_seconds(metrics)
     results = {}
     for model, kinds in samples.items():
         cold, wake, warm = (median(kinds[k]) for k in ("cold", "wake", "warm"))
+        load_s, wake_s = neuron_side["load"].get(model), neuron_side["wake"].get(model)
         results[model] = {
             "cold_ttft_s": round(cold, 3),
             "wake_ttft_s": round(wake, 3),
             "loaded_ttft_s": round(warm, 3),
             "wake_speedup": round(cold / wake, 1),
+            # What the neuron timed for the swap alone (mean), without the request's own prefill,
+            # which on a shared CPU is as slow and as noisy as the wake itself.
+            "neuron_load_s": round(load_s, 3) if load_s else None,
+            "neuron_wake_s": round(wake_s, 3) if wake_s else None,
+            "neuron_wake_speedup": round(load_s / wake_s, 1) if load_s and wake_s else None,
             "same_answer_after_wake": len(answers[model]) == 1,
             "samples": {k: [round(v, 3) for v in vals] for k, vals in kinds.items()},
         }
-    return {"rounds": rounds, "neuron_wakes_recorded": wakes, "models": results}
+    return {"rounds": rounds, "neuron_wakes_recorded": neuron_side["wakes"], "models": results}
+
+
+def swap_seconds(metrics: str) -> dict:
+    """Mean cold load and wake seconds per model, and the wakes counted, from a neuron's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: dict[tuple[str, str, str], float] = {}
+    wakes = 0.0
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "helexa_neuron_wakes_total" and labels.get("outcome") == "ok":
+                wakes += sample.value
+            loaded = sample.name.startswith("helexa_neuron_model_load_seconds_")
+            if loaded and labels.get("outcome") != "loaded":
+                continue
+            if loaded or sample.name.startswith("helexa_neuron_wake_seconds_"):
+                kind, part = ("load" if loaded else "wake"), sample.name.rsplit("_", 1)[1]
+                sums[(kind, labels["model"], part)] = sample.value
+    means: dict = {"load": {}, "wake": {}, "wakes": wakes}
+    for (kind, model, part), value in sums.items():
+        if part == "sum" and sums.get((kind, model, "count")):
+            means[kind][model] = value / sums[(kind, model, "count")]
+    return means
 
 
 def measure_fleet(requests: int) -> dict:
