@@ -174,7 +174,12 @@ def measure_models(rounds: int, threads: int | None) -> dict:
             "same_answer_after_wake": len(answers[model]) == 1,
             "samples": {k: [round(v, 3) for v in vals] for k, vals in kinds.items()},
         }
-    return {"rounds": rounds, "threads": threads, "neuron_wakes_recorded": neuron_side["wakes"], "models": results}
+    return {
+        "rounds": rounds,
+        "threads": threads,
+        "neuron_wakes_recorded": neuron_side["wakes"],
+        "models": results,
+    }
 
 
 def swap_seconds(metrics: str) -> dict:
