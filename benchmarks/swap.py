@@ -107,18 +107,20 @@ def fleet(folder: Path, models: dict[str, Path], memory_mb: int, threads: int | 
 def first_token_s(url: str, model: str) -> tuple[float, str]:
     """Seconds from sending a streaming request to its first content token, and the whole answer."""
     body = {"model": model, "messages": PROMPT, "max_tokens": 16, "temperature": 0, "stream": True}
-    started, first, text = time.perf_counter(), None, []
+    started, first, text, other = time.perf_counter(), None, [], []
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=900) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if not line.startswith("data: {"):
                 continue
             chunk = json.loads(line[6:])
+            if "error" in chunk or (chunk.get("choices") or [{}])[0].get("finish_reason"):
+                other.append(line[6:300])
             piece = (chunk.get("choices") or [{}])[0].get("delta", {}).get("content")
             if piece:
                 first = first or time.perf_counter() - started
                 text.append(piece)
-    assert first is not None, f"{model} answered no token"
+    assert first is not None, f"{model} answered no token: {other}"
     return first, "".join(text)
 
 
