@@ -12,7 +12,11 @@ Part 2 runs `fleet_sim`'s 20-neuron fleet with timed swaps (echo harness: loads 
 speed, wakes at host-to-device copy speed) with parking off and on: cold loads and wakes
 per 1,000 requests, and the mean time each request loses to swaps.
 
-    python benchmarks/swap.py [--rounds 3] [--skip-fleet] [--skip-models]
+    python benchmarks/swap.py [--rounds 3] [--threads N] [--skip-fleet] [--skip-models]
+
+On a CPU shared with other work, ``--threads 1`` keeps each request's prefill from paying
+OpenMP's penalty for a pool whose threads are descheduled (seconds per forward at a load
+average well above the core count), which would otherwise swamp the swap being measured.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ def save_safetensors(gguf: Path, folder: Path) -> Path:
 
 
 @contextlib.contextmanager
-def fleet(folder: Path, models: dict[str, Path], memory_mb: int) -> Iterator[str]:
+def fleet(folder: Path, models: dict[str, Path], memory_mb: int, threads: int | None) -> Iterator[str]:
     """A torch neuron (one model at a time) and a gateway in front of it; yields the gateway's URL."""
     neuron_port, port = free_port(), free_port()
     roots = ", ".join(f'"{p}"' for p in {str(p.parent) for p in models.values()})
@@ -79,10 +83,11 @@ def fleet(folder: Path, models: dict[str, Path], memory_mb: int) -> Iterator[str
         f'[neuron]\nlisten = "127.0.0.1:{neuron_port}"\ndefault_harness = "torch"\n'
         f"model_roots = [{roots}]\nmemory_mb = {memory_mb}\npark_mb = 4096\n"
     )
+    fixed = f", threads = {threads}" if threads else ""
     catalogue = "".join(
         f'[[models]]\nid = "{name}"\nharness = "torch"\nvram_mb = {memory_mb * 2 // 3}\n'
         f'options = {{ path = "{path}", dtype = "{OPTIONS["dtype"]}", '
-        f"max_model_len = {OPTIONS['max_model_len']}, kv_cache_mb = {OPTIONS['kv_cache_mb']} }}\n"
+        f"max_model_len = {OPTIONS['max_model_len']}, kv_cache_mb = {OPTIONS['kv_cache_mb']}{fixed} }}\n"
         for name, path in models.items()
     )
     (folder / "models.toml").write_text(catalogue)
@@ -102,18 +107,20 @@ def fleet(folder: Path, models: dict[str, Path], memory_mb: int) -> Iterator[str
 def first_token_s(url: str, model: str) -> tuple[float, str]:
     """Seconds from sending a streaming request to its first content token, and the whole answer."""
     body = {"model": model, "messages": PROMPT, "max_tokens": 16, "temperature": 0, "stream": True}
-    started, first, text = time.perf_counter(), None, []
+    started, first, text, other = time.perf_counter(), None, [], []
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=900) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if not line.startswith("data: {"):
                 continue
             chunk = json.loads(line[6:])
+            if "error" in chunk or (chunk.get("choices") or [{}])[0].get("finish_reason"):
+                other.append(line[6:300])
             piece = (chunk.get("choices") or [{}])[0].get("delta", {}).get("content")
             if piece:
                 first = first or time.perf_counter() - started
                 text.append(piece)
-    assert first is not None, f"{model} answered no token"
+    assert first is not None, f"{model} answered no token: {other}"
     return first, "".join(text)
 
 
@@ -129,7 +136,7 @@ def wait_for(predicate, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-def measure_models(rounds: int) -> dict:
+def measure_models(rounds: int, threads: int | None) -> dict:
     gguf = smollm2_gguf()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -137,7 +144,7 @@ def measure_models(rounds: int) -> dict:
         # float32 weights (~540 MB) + 64 MB of KV cache each: one fits, two do not.
         samples: dict[str, dict[str, list[float]]] = {m: {"cold": [], "wake": [], "warm": []} for m in models}
         answers: dict[str, set[str]] = {m: set() for m in models}
-        with fleet(folder, models, memory_mb=900) as (url, neuron):
+        with fleet(folder, models, memory_mb=900, threads=threads) as (url, neuron):
             for _ in range(rounds):
                 for model in models:  # unload for good: the next requests are cold loads
                     httpx.post(f"{neuron}/models/unload", json={"model_id": model}, timeout=120)
@@ -151,23 +158,54 @@ def measure_models(rounds: int) -> dict:
                         if kind == "wake":
                             samples[model]["warm"].append(first_token_s(url, model)[0])
             metrics = httpx.get(f"{neuron}/metrics", timeout=10).text
-    wakes = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("helexa_neuron_wakes_total") and 'outcome="ok"' in line
-    )
+    neuron_side = swap_seconds(metrics)
     results = {}
     for model, kinds in samples.items():
         cold, wake, warm = (median(kinds[k]) for k in ("cold", "wake", "warm"))
+        load_s, wake_s = neuron_side["load"].get(model), neuron_side["wake"].get(model)
         results[model] = {
             "cold_ttft_s": round(cold, 3),
             "wake_ttft_s": round(wake, 3),
             "loaded_ttft_s": round(warm, 3),
             "wake_speedup": round(cold / wake, 1),
+            # What the neuron timed for the swap alone (mean), without the request's own prefill,
+            # which on a shared CPU is as slow and as noisy as the wake itself.
+            "neuron_load_s": round(load_s, 3) if load_s else None,
+            "neuron_wake_s": round(wake_s, 3) if wake_s else None,
+            "neuron_wake_speedup": round(load_s / wake_s, 1) if load_s and wake_s else None,
             "same_answer_after_wake": len(answers[model]) == 1,
             "samples": {k: [round(v, 3) for v in vals] for k, vals in kinds.items()},
         }
-    return {"rounds": rounds, "neuron_wakes_recorded": wakes, "models": results}
+    return {
+        "rounds": rounds,
+        "threads": threads,
+        "neuron_wakes_recorded": neuron_side["wakes"],
+        "models": results,
+    }
+
+
+def swap_seconds(metrics: str) -> dict:
+    """Mean cold load and wake seconds per model, and the wakes counted, from a neuron's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: dict[tuple[str, str, str], float] = {}
+    wakes = 0.0
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "helexa_neuron_wakes_total" and labels.get("outcome") == "ok":
+                wakes += sample.value
+            loaded = sample.name.startswith("helexa_neuron_model_load_seconds_")
+            if loaded and labels.get("outcome") != "loaded":
+                continue
+            if loaded or sample.name.startswith("helexa_neuron_wake_seconds_"):
+                kind, part = ("load" if loaded else "wake"), sample.name.rsplit("_", 1)[1]
+                sums[(kind, labels["model"], part)] = sample.value
+    means: dict = {"load": {}, "wake": {}, "wakes": wakes}
+    for (kind, model, part), value in sums.items():
+        if part == "sum" and sums.get((kind, model, "count")):
+            means[kind][model] = value / sums[(kind, model, "count")]
+    return means
 
 
 def measure_fleet(requests: int) -> dict:
@@ -195,12 +233,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads per model (default: the harness's fair share of the cores)"
+    )
     parser.add_argument("--skip-models", action="store_true")
     parser.add_argument("--skip-fleet", action="store_true")
     args = parser.parse_args()
     out: dict = {"benchmark": "swap"}
     if not args.skip_models:
-        out["through_gateway"] = measure_models(args.rounds)
+        out["through_gateway"] = measure_models(args.rounds, args.threads)
     if not args.skip_fleet:
         out["fleet_sim"] = measure_fleet(args.requests)
     print(json.dumps(out, indent=2))

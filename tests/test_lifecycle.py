@@ -149,6 +149,35 @@ def test_minimum_residency_keeps_two_hot_models_from_thrashing_one_slot():
         assert scrape(fleet.metrics_url, "helexa_gateway_rejected_no_room_total", model="r/two") == 1
 
 
+def test_two_cold_models_wanted_at_once_on_one_slot_load_once_each():
+    """A load that finishes hands its replica to the requests that waited for it: the other model's
+    placement, already waiting on the node, must not evict it before they reach it (they used to
+    reload it, evicting the other in turn, and neither ever answered)."""
+    catalogue = {"models": [model("t/one", 700), model("t/two", 700)]}
+    with running_fleet(
+        {"n": {"simulated_devices": ONE_SLOT_PAIR}}, catalogue, lifecycle={"wait_timeout_s": 20}
+    ) as fleet:
+
+        async def together():
+            async with httpx.AsyncClient(timeout=20) as http:
+                return await asyncio.gather(
+                    *(
+                        http.post(
+                            f"{fleet.url}/v1/chat/completions",
+                            json={"model": name, "messages": [{"role": "user", "content": name}]},
+                        )
+                        for name in ["t/one", "t/two"] * 3
+                    )
+                )
+
+        replies = asyncio.run(together())
+        assert [r.status_code for r in replies] == [200] * 6
+        assert [r.json()["choices"][0]["message"]["content"] for r in replies] == ["t/one", "t/two"] * 3
+        for name in ("t/one", "t/two"):
+            assert scrape(fleet.metrics_url, "helexa_gateway_load_duration_seconds_count", model=name) == 1
+        assert fleet.gateway.fleet.nodes["n"].replicas["t/two"].claimed == 0
+
+
 def test_waiting_for_room_succeeds_when_room_comes():
     catalogue = {"models": [model("w/one", 700), model("w/two", 700)]}
     with running_fleet(

@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import io
-
 import httpx
 import openai
+from click.testing import CliRunner
 from fleet import running_fleet
 from neurons import running_neuron
-from rich.console import Console
 
+from helexa.cli import cli
 from helexa.eviction import Resident, lru_key
 from helexa.eviction.lru import choose as lru
-from helexa.fleet_table import render
 from helexa.gateway.placement import Device, NodeView, rank
 from helexa.neuron.parking import MB, ParkingLot
 from helexa.settings import CatalogueModel
@@ -195,9 +193,9 @@ def test_admin_park_and_unload_for_good_and_status_shows_parked():
         parked = view["nodes"][0]["models"]
         assert [(m["id"], m["status"], m["parked_mb"]) for m in parked] == [("g/a", "parked", 256)]
         assert view["nodes"][0]["devices"][0]["free_mb"] == 300
-        out = io.StringIO()
-        render(view, Console(file=out, width=200, color_system=None))
-        assert "g/a parked (256 MB in host memory)" in out.getvalue()
+        shown = CliRunner().invoke(cli, ["status", "--gateway", fleet.url], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0, shown.output
+        assert "g/a parked (256 MB in host memory)" in shown.output
         gone = httpx.post(f"{fleet.url}/admin/models/unload", json={"model": "g/a"}, timeout=30)
         assert gone.status_code == 200, gone.text
         assert models(fleet.neurons["n"][0]) == {}

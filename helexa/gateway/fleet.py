@@ -30,6 +30,9 @@ class Replica:
     max_model_len: int | None = None
     in_flight: int = 0
     """Requests the gateway is proxying to it right now."""
+    claimed: int = 0
+    """Requests that waited for the gateway to load it and have not been routed to it yet: like
+    requests in flight, they keep it from being evicted before they reach it."""
     last_used: float | None = None
     loaded_at: float = field(default_factory=time.time)
     """When the gateway first saw it loaded (its own clock, for minimum residency)."""
@@ -232,17 +235,23 @@ class FleetState:
         self.nodes[name].replicas[model_id] = replica
         return replica
 
-    def loaded(self, name: str, info: ModelInfo) -> Replica:
-        """The neuron answered the gateway's load: the replica is routable from now on."""
+    def loaded(self, name: str, info: ModelInfo, claimed: int = 0) -> Replica:
+        """The neuron answered the gateway's load: the replica is routable from now on, and held
+        for the ``claimed`` requests that waited for it."""
         node = self.nodes[name]
         replica = node.replicas.get(info.id) or Replica(model_id=info.id, status="loading")
         replica.status, replica.pending, replica.loaded_at = "loaded", False, time.time()
         replica.devices, replica.vram_mb = info.devices, info.vram_used_mb
         replica.capabilities, replica.max_model_len = info.capabilities, info.max_model_len
+        replica.claimed = claimed
         node.replicas[info.id] = replica
         node.changes += 1
         self.notify()
         return replica
+
+    def unclaim(self, replica: Replica) -> None:
+        """A request that waited for the replica's load has been routed: its hold ends."""
+        replica.claimed = max(0, replica.claimed - 1)
 
     def load_failed(self, name: str, model_id: str) -> None:
         """The gateway's load did not happen: forget the placeholder."""

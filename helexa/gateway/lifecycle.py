@@ -154,6 +154,7 @@ class Lifecycle:
             task = asyncio.create_task(self._load(entry, node), name=f"load:{model_id}")
             self.loads[model_id] = task
             task.add_done_callback(lambda _: self.loads.pop(model_id, None))
+        claims = not task.done()  # counted among the waiters the load claims its replica for
         self.waiters[model_id] = waiting + 1
         started = time.monotonic()
         try:
@@ -171,6 +172,10 @@ class Lifecycle:
         finally:
             self.waiters[model_id] -= 1
             self.metrics.queue_wait.labels(model_id).observe(time.monotonic() - started)
+            if claims and task.done() and not task.cancelled() and task.exception() is None:
+                # This waiter's hold on the new replica ends here; the caller leases it (or another
+                # replica) before yielding to the loop, so no placement can slip in between.
+                self.fleet.unclaim(task.result()[1])
         self.metrics.cold_starts.labels(model_id, node_.name).inc()
         found = self.fleet.least_busy(model_id)
         return found if found is not None else (node_, replica)
@@ -202,7 +207,7 @@ class Lifecycle:
             last_used=replica.last_used,
             pinned=replica.pinned or bool(entry and node.name in entry.pinned_on),
             priority=entry.priority if entry else 0,
-            in_flight=replica.in_flight,
+            in_flight=replica.in_flight + replica.claimed,
             parks=replica.parkable,
         )
 
@@ -331,7 +336,10 @@ class Lifecycle:
                 raise
             raise ApiError(502, f"neuron {node.name!r} did not answer the load: {exc}") from None
         elapsed = time.monotonic() - started
-        replica = self.fleet.loaded(node.name, info)
+        # The requests that waited for this load have yet to resume and be routed here; until each
+        # has, the replica is theirs (otherwise the next placement on this node, already waiting
+        # for its lock, may evict it first, and two cold models wanted at once thrash forever).
+        replica = self.fleet.loaded(node.name, info, claimed=self.waiters.get(entry.id, 0))
         await self._refresh(node.name)
         self.metrics.loads.labels(entry.id, node.name, "loaded").observe(elapsed)
         if info.vram_used_mb:
