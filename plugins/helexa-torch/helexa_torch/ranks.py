@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -247,6 +248,19 @@ class RankGroup:
         except OSError as exc:
             raise RankLost(f"a tensor-parallel rank of {self.spec.model_id} is gone ({exc})") from exc
 
+    def exited(self, rank: int) -> str:
+        code = self.processes[rank - 1].exitcode
+        return f"tensor-parallel rank {rank} of {self.spec.model_id} exited (exit code {code})"
+
+    def diagnose(self, exc: BaseException) -> str:
+        """Why a collective failed, in an operator's words: a rank that exited, when one did."""
+        for _ in range(20):  # a killed rank's connections close a moment before its exit is seen
+            for rank, process in enumerate(self.processes, start=1):
+                if process.exitcode is not None:
+                    return self.exited(rank)
+            time.sleep(0.05)
+        return f"the tensor-parallel forward of {self.spec.model_id} failed: {exc}"
+
     def watch(self, lost: Callable[[str], None]) -> None:
         """Call ``lost(reason)`` from a watcher thread when a worker exits while the model is served."""
 
@@ -257,8 +271,7 @@ class RankGroup:
                 return
             rank = by_sentinel[ready[0]]
             self.processes[rank - 1].join(timeout=1)  # reaped, so its exit code is known
-            code = self.processes[rank - 1].exitcode
-            self.lost = f"tensor-parallel rank {rank} of {self.spec.model_id} exited (exit code {code})"
+            self.lost = self.exited(rank)
             lost(self.lost)
 
         threading.Thread(target=run, name=f"tp-watch:{self.spec.model_id}", daemon=True).start()
@@ -301,9 +314,7 @@ class TensorParallelRunner(ModelRunner):
             hidden = self.model(ids, positions, ctx, self.caches)
         except Exception as exc:
             # Whatever failed here, the ranks are out of step now: none of them can go on.
-            raise RankLost(
-                f"the tensor-parallel forward of {self.group.spec.model_id} failed: {exc}"
-            ) from exc
+            raise RankLost(self.group.diagnose(exc)) from exc
         if not step.rows:
             return None, []
         return self.model.compute_logits(hidden[self._tensor(step.rows)]), sampled
