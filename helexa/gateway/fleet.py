@@ -24,6 +24,8 @@ class Replica:
     status: str  # loading | loaded | parked | failed | unloading
     devices: list[int] = field(default_factory=list)
     vram_mb: int | None = None
+    vram_per_device_mb: dict[int, int] | None = None
+    """What the neuron says it holds on each device (None: spread evenly over ``devices``)."""
     capabilities: list[str] = field(default_factory=list)
     max_model_len: int | None = None
     in_flight: int = 0
@@ -41,6 +43,11 @@ class Replica:
     """Evicting it would park it on its neuron (weights kept in host memory) rather than drop it."""
     parked_mb: int | None = None
     """Host memory it holds while parked; a parked model holds no device memory."""
+
+    def held_on(self, device: int) -> int:
+        """Device memory it holds on ``device``: as its neuron reports it, else its whole size."""
+        per_device = self.vram_per_device_mb or {}
+        return per_device.get(device, self.vram_mb or 0)
 
 
 @dataclass
@@ -66,7 +73,7 @@ class Node:
             for info in self.discovery.devices:
                 if info.index == device:
                     used = sum(
-                        r.vram_mb or 0
+                        r.held_on(device)
                         for r in self.replicas.values()
                         if device in r.devices and r.status != "parked"
                     )
@@ -137,6 +144,7 @@ class FleetState:
             replica.status = info.status
             replica.devices = info.devices
             replica.vram_mb = info.vram_used_mb if info.vram_used_mb is not None else replica.vram_mb
+            replica.vram_per_device_mb = info.vram_per_device_mb or replica.vram_per_device_mb
             replica.capabilities = info.capabilities
             replica.max_model_len = info.max_model_len
             replica.load_stage, replica.load_progress = info.load_stage, info.load_progress
