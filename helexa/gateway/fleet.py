@@ -16,6 +16,12 @@ from helexa.settings import NeuronRef
 from helexa.wire.fleet import ActivationStatus, DeviceHealth, DiscoveryResponse, ModelInfo
 
 
+def per_device(info: ModelInfo) -> dict[int, int] | None:
+    """The memory a neuron lists for each device of a model, by device index."""
+    listed = info.vram_per_device_mb
+    return {int(d): mb for d, mb in listed.items()} if listed else None
+
+
 @dataclass
 class Replica:
     """A model on one neuron."""
@@ -144,7 +150,7 @@ class FleetState:
             replica.status = info.status
             replica.devices = info.devices
             replica.vram_mb = info.vram_used_mb if info.vram_used_mb is not None else replica.vram_mb
-            replica.vram_per_device_mb = info.vram_per_device_mb or replica.vram_per_device_mb
+            replica.vram_per_device_mb = per_device(info) or replica.vram_per_device_mb
             replica.capabilities = info.capabilities
             replica.max_model_len = info.max_model_len
             replica.load_stage, replica.load_progress = info.load_stage, info.load_progress

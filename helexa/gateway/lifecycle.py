@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from helexa.errors import ApiError
 from helexa.eviction import Resident, Strategy
-from helexa.gateway.fleet import FleetState, Lease, Node, Replica
+from helexa.gateway.fleet import FleetState, Lease, Node, Replica, per_device
 from helexa.gateway.metrics import GatewayMetrics
 from helexa.gateway.neurons import NeuronClient
 from helexa.gateway.placement import DEFAULT_SIZE_MB, Device, NodeView, Room, explain, rank
@@ -318,7 +318,7 @@ class Lifecycle:
         self.metrics.loads.labels(entry.id, node.name, "loaded").observe(elapsed)
         replica.status, replica.pending, replica.loaded_at = "loaded", False, time.time()
         replica.devices, replica.vram_mb = info.devices, info.vram_used_mb
-        replica.vram_per_device_mb = info.vram_per_device_mb
+        replica.vram_per_device_mb = per_device(info)
         replica.capabilities, replica.max_model_len = info.capabilities, info.max_model_len
         node.replicas[entry.id] = replica
         if info.vram_used_mb:

@@ -59,7 +59,7 @@ class ModelEntry:
             status=self.status,
             devices=loaded.devices if loaded else list(self.spec.devices or []),
             vram_used_mb=sum(loaded.memory_mb.values()) if loaded else None,
-            vram_per_device_mb=dict(loaded.memory_mb) if loaded else None,
+            vram_per_device_mb={str(d): mb for d, mb in loaded.memory_mb.items()} if loaded else None,
             capabilities=loaded.capabilities if loaded else [],
             max_model_len=loaded.max_model_len if loaded else None,
             in_flight=self.admission.running,
