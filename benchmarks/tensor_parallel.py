@@ -4,9 +4,10 @@ A random Llama checkpoint of a few hundred MB (built here, SmolLM2's tokenizer) 
 through the torch harness with ``tensor_parallel = 1`` (one engine using every core) and with
 ``tensor_parallel = 2`` (rank 0 in this process, rank 1 a worker process, the cores split
 between them); decode tokens/s with 1 and 16 concurrent greedy streams, side by side in one
-run, and each rank's weight memory. On a CPU the ranks share one memory bus, so this measures
-the cost of the split (two all-reduces per layer, a pipe hop per step) rather than a speed-up:
-tensor parallelism is for fitting a model across GPUs. Prints JSON.
+run, and each rank's weight memory. One rank on one thread is measured too, as a control: on a
+busy machine an OpenMP pool of several threads loses more to contention than two processes of
+one thread each, which would otherwise pass for a gain of the split. On a CPU the ranks share
+one memory bus: tensor parallelism is for fitting a model across GPUs. Prints JSON.
 
     python benchmarks/tensor_parallel.py [--tokens 32] [--layers 6]
 """
@@ -51,7 +52,7 @@ def checkpoint(folder: Path, layers: int) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-async def tok_s(folder: Path, tokens: int, ranks: int) -> dict:
+async def tok_s(folder: Path, tokens: int, ranks: int, threads: int | None = None) -> dict:
     devices = [DeviceInfo(index=0, name="cpu", vram_total_mb=20_000, kind="cpu")]
     plugins = load_plugins()
     harness = plugins.harnesses.get("torch")(
@@ -67,7 +68,7 @@ async def tok_s(folder: Path, tokens: int, ranks: int) -> dict:
     spec = ModelSpec(
         model_id="tp",
         tensor_parallel=ranks,
-        options={"path": str(folder), "dtype": "float32", "kv_cache_mb": 128},
+        options={"path": str(folder), "dtype": "float32", "kv_cache_mb": 128, "threads": threads},
     )
     started = time.perf_counter()
     loaded = await harness.load(spec, [0], lambda *_: None)
@@ -115,6 +116,8 @@ def main() -> None:
         size = checkpoint(folder, args.layers)
         one = asyncio.run(tok_s(folder, args.tokens, 1))
         two = asyncio.run(tok_s(folder, args.tokens, 2))
+        # A control: one rank on one thread tells the split's gain from OpenMP's on a busy machine.
+        one_thread = asyncio.run(tok_s(folder, args.tokens, 1, threads=1))
     print(
         json.dumps(
             {
@@ -124,9 +127,13 @@ def main() -> None:
                 "tokens_per_request": args.tokens,
                 "tp1": one,
                 "tp2": two,
+                "tp1_one_thread": one_thread,
                 "ratios": {
                     "single_tp2_vs_tp1": round(two["single_tok_s"] / one["single_tok_s"], 2),
                     "streams_16_tp2_vs_tp1": round(two["streams_16_tok_s"] / one["streams_16_tok_s"], 2),
+                    "single_tp2_vs_tp1_one_thread": round(
+                        two["single_tok_s"] / one_thread["single_tok_s"], 2
+                    ),
                     "rank0_weights_tp2_vs_tp1": round(
                         two["rank_weights_mb"][0] / one["rank_weights_mb"][0], 2
                     ),

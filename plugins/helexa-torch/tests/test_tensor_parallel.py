@@ -16,7 +16,8 @@ import openai
 import pytest
 from harness_helpers import neuron_for, save_checkpoint
 from test_architectures import hf_greedy, prompt
-from transformers import LlamaConfig, Qwen3Config, Qwen3MoeConfig
+from test_hybrid import SMALL as HYBRID
+from transformers import LlamaConfig, Qwen3_5TextConfig, Qwen3Config, Qwen3MoeConfig
 
 from helexa.neuron.app import create_app
 from helexa.neuron.harness import GenerationRequest, Prompt, SamplingParams
@@ -161,6 +162,12 @@ def test_a_split_the_model_cannot_take_is_refused_by_name(neuron):
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == "tensor_parallel" and "4 attention heads" in error["message"]
+    save_checkpoint(root / "hybrid", Qwen3_5TextConfig(**HYBRID))
+    response = load(url, "hybrid/tp2", root / "hybrid", 2)  # linear-attention layers are not split
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "tensor_parallel" and "cannot be split" in error["message"]
+    assert status(url, "hybrid/tp2")["status"] == "failed"
     assert httpx.get(f"{url}/health").status_code == 200
 
 
