@@ -187,6 +187,8 @@ class RankGroup:
         self.group: Any = None
         self.closing = False
         self.lost: str | None = None
+        self.on_lost: Callable[[str], None] | None = None
+        self.lock = threading.Lock()
         context = multiprocessing.get_context("spawn")  # never fork a process with threads
         self.conns: list[Connection] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
@@ -261,8 +263,19 @@ class RankGroup:
             time.sleep(0.05)
         return f"the tensor-parallel forward of {self.spec.model_id} failed: {exc}"
 
+    def report(self, reason: str) -> None:
+        """The group is broken: say so once (to the callback given to `watch`), whoever notices first."""
+        with self.lock:
+            if self.lost is not None or self.closing:
+                return
+            self.lost = reason
+        if self.on_lost is not None:
+            self.on_lost(reason)
+
     def watch(self, lost: Callable[[str], None]) -> None:
-        """Call ``lost(reason)`` from a watcher thread when a worker exits while the model is served."""
+        """Call ``lost(reason)`` once when the group breaks: a worker exits while the model is served
+        (seen by a watcher thread) or a collective fails (seen by rank 0's runner)."""
+        self.on_lost = lost
 
         def run() -> None:
             by_sentinel = {p.sentinel: rank for rank, p in enumerate(self.processes, start=1)}
@@ -271,8 +284,7 @@ class RankGroup:
                 return
             rank = by_sentinel[ready[0]]
             self.processes[rank - 1].join(timeout=1)  # reaped, so its exit code is known
-            self.lost = self.exited(rank)
-            lost(self.lost)
+            self.report(self.exited(rank))
 
         threading.Thread(target=run, name=f"tp-watch:{self.spec.model_id}", daemon=True).start()
 
@@ -314,7 +326,9 @@ class TensorParallelRunner(ModelRunner):
             hidden = self.model(ids, positions, ctx, self.caches)
         except Exception as exc:
             # Whatever failed here, the ranks are out of step now: none of them can go on.
-            raise RankLost(self.group.diagnose(exc)) from exc
+            reason = self.group.diagnose(exc)
+            self.group.report(reason)
+            raise RankLost(reason) from exc
         if not step.rows:
             return None, []
         return self.model.compute_logits(hidden[self._tensor(step.rows)]), sampled
