@@ -18,6 +18,12 @@ from helexa.settings import NeuronRef
 from helexa.wire.fleet import ActivationStatus, DeviceHealth, DiscoveryResponse, ModelInfo
 
 
+def per_device(info: ModelInfo) -> dict[int, int] | None:
+    """The memory a neuron lists for each device of a model, by device index."""
+    listed = info.vram_per_device_mb
+    return {int(d): mb for d, mb in listed.items()} if listed else None
+
+
 @dataclass
 class Replica:
     """A model on one neuron."""
@@ -26,6 +32,8 @@ class Replica:
     status: str  # loading | loaded | parked | failed | unloading
     devices: list[int] = field(default_factory=list)
     vram_mb: int | None = None
+    vram_per_device_mb: dict[int, int] | None = None
+    """What the neuron says it holds on each device (None: spread evenly over ``devices``)."""
     capabilities: list[str] = field(default_factory=list)
     max_model_len: int | None = None
     in_flight: int = 0
@@ -46,6 +54,11 @@ class Replica:
     """Evicting it would park it on its neuron (weights kept in host memory) rather than drop it."""
     parked_mb: int | None = None
     """Host memory it holds while parked; a parked model holds no device memory."""
+
+    def held_on(self, device: int) -> int:
+        """Device memory it holds on ``device``: as its neuron reports it, else its whole size."""
+        per_device = self.vram_per_device_mb or {}
+        return per_device.get(device, self.vram_mb or 0)
 
 
 @dataclass
@@ -71,7 +84,7 @@ class Node:
             for info in self.discovery.devices:
                 if info.index == device:
                     used = sum(
-                        r.vram_mb or 0
+                        r.held_on(device)
                         for r in self.replicas.values()
                         if device in r.devices and r.status != "parked"
                     )
@@ -142,6 +155,7 @@ class FleetState:
             replica.status = info.status
             replica.devices = info.devices
             replica.vram_mb = info.vram_used_mb if info.vram_used_mb is not None else replica.vram_mb
+            replica.vram_per_device_mb = per_device(info) or replica.vram_per_device_mb
             replica.capabilities = info.capabilities
             replica.max_model_len = info.max_model_len
             replica.load_stage, replica.load_progress = info.load_stage, info.load_progress
@@ -243,6 +257,7 @@ class FleetState:
         replica.status, replica.pending, replica.loaded_at = "loaded", False, time.time()
         replica.devices, replica.vram_mb = info.devices, info.vram_used_mb
         replica.capabilities, replica.max_model_len = info.capabilities, info.max_model_len
+        replica.vram_per_device_mb = per_device(info)
         replica.claimed = claimed
         node.replicas[info.id] = replica
         node.changes += 1

@@ -190,7 +190,7 @@ class Lifecycle:
         devices = []
         for info in node.discovery.devices:
             residents = tuple(
-                self.resident(node, r)
+                self.resident(node, r, info.index)
                 for r in node.replicas.values()
                 if r.status == "loaded" and info.index in (r.devices or [0])
             )
@@ -198,12 +198,14 @@ class Lifecycle:
         parked = frozenset(m for m, r in node.replicas.items() if r.status == "parked")
         return NodeView(node.name, tuple(devices), parked)
 
-    def resident(self, node: Node, replica: Replica) -> Resident:
+    def resident(self, node: Node, replica: Replica, device: int | None = None) -> Resident:
         entry = self.entries.get(replica.model_id)
         size = replica.vram_mb or (entry.vram_mb if entry else None) or DEFAULT_SIZE_MB
+        on_device = (replica.vram_per_device_mb or {}).get(device) if device is not None else None
         return Resident(
             model_id=replica.model_id,
-            size_mb=-(-size // max(1, len(replica.devices))),
+            # What evicting it frees on this device: as the neuron reports it, else an even share.
+            size_mb=on_device if on_device is not None else -(-size // max(1, len(replica.devices))),
             last_used=replica.last_used,
             pinned=replica.pinned or bool(entry and node.name in entry.pinned_on),
             priority=entry.priority if entry else 0,

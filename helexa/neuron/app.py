@@ -66,6 +66,7 @@ class Neuron:
                 hf_cache=Path(self.settings.neuron.hf_cache) if self.settings.neuron.hf_cache else None,
                 allow_downloads=self.settings.neuron.allow_downloads,
                 plugins=self.plugins,
+                model_failed=self._model_failed,
             )
             try:
                 harnesses[name] = self.plugins.harnesses.get(name)(context)
@@ -74,6 +75,9 @@ class Neuron:
         if not harnesses:
             log.warning("no harness plugin is installed: this neuron can report hardware but serve nothing")
         return harnesses
+
+    def _model_failed(self, model_id: str, reason: str) -> None:
+        self.manager.model_failed(model_id, reason)
 
     # --- views -----------------------------------------------------------------
 

@@ -91,6 +91,10 @@ class HarnessContext:
     allow_downloads: bool = False
     plugins: Any = None
     """The `helexa.plugins.PluginHost`, for harnesses that use other registries (architectures)."""
+    model_failed: Callable[[str, str], None] | None = None
+    """``model_failed(model_id, reason)``, called on the event loop when a loaded model can no longer
+    serve (a tensor-parallel rank died): the neuron shows it ``failed``. The harness has already
+    failed its streams and released what it held."""
 
 
 class LoadedModel(msgspec.Struct, kw_only=True):

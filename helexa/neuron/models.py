@@ -59,6 +59,7 @@ class ModelEntry:
             status=self.status,
             devices=loaded.devices if loaded else list(self.spec.devices or []),
             vram_used_mb=sum(loaded.memory_mb.values()) if loaded else None,
+            vram_per_device_mb={str(d): mb for d, mb in loaded.memory_mb.items()} if loaded else None,
             capabilities=loaded.capabilities if loaded else [],
             max_model_len=loaded.max_model_len if loaded else None,
             in_flight=self.admission.running,
@@ -234,6 +235,18 @@ class ModelManager:
             self.metrics.models_loaded.set(sum(e.status == "loaded" for e in self.entries.values()))
             log.info("%s %s", "dropped parked" if was_parked else "unloaded", model_id)
 
+    def model_failed(self, model_id: str, reason: str) -> None:
+        """A harness reports that a loaded model can no longer serve: it shows ``failed`` until unloaded
+        or loaded again (its streams have already ended with the reason)."""
+        entry = self.entries.get(model_id)
+        if entry is None or entry.status != "loaded":
+            return
+        entry.status, entry.error = "failed", reason
+        self.hardware.ledger.release(model_id)
+        self.hardware.forget_health()
+        self.metrics.models_loaded.set(sum(e.status == "loaded" for e in self.entries.values()))
+        log.error("%s failed while loaded: %s", model_id, reason)
+
     async def park(self, model_id: str) -> str:
         """Evict a model, keeping its weights in host memory where the harness and the budget allow;
         returns ``parked`` or ``unloaded`` (what became of it)."""
@@ -364,6 +377,9 @@ class ModelManager:
                     400, f"no device {unknown[0]} on this neuron (devices: {known})", param="devices"
                 )
             return list(spec.devices)
+        cpu_only = bool(self.hardware.devices) and all(d.kind == "cpu" for d in self.hardware.devices)
+        if wanted > len(known) and cpu_only:
+            return [known[0]]  # the ranks of a CPU-only neuron share its one CPU device (and its cores)
         if wanted > len(known):
             raise ApiError(
                 400,

@@ -106,6 +106,9 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     status: str  # loading | loaded | parked | failed | unloading
     devices: list[int] = msgspec.field(default_factory=list)
     vram_used_mb: int | None = None
+    vram_per_device_mb: dict[str, int] | None = None
+    """What it holds on each of its devices, by device index (a tensor-parallel model's ranks need
+    not be equal); keys are strings, as JSON has them."""
     capabilities: list[str] = msgspec.field(default_factory=list)
     max_model_len: int | None = None
     in_flight: int = 0

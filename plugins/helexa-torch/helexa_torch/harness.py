@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import torch
@@ -31,6 +33,7 @@ from helexa.neuron.parsing import detect_think_markers
 from helexa.neuron.toolformats import ToolFormats
 from helexa.wire.fleet import ModelSpec
 from helexa_torch import quant as quantize
+from helexa_torch import sharding
 from helexa_torch.engine.constraints import GrammarBook
 from helexa_torch.engine.engine import Engine, Output, deliver_each
 from helexa_torch.engine.sequence import Sequence
@@ -39,6 +42,7 @@ from helexa_torch.images import ImagePrompts
 from helexa_torch.loading import Checkpoint, locate, open_checkpoint
 from helexa_torch.models.causal_lm import CausalLM, kv_bytes_per_token
 from helexa_torch.plugin import FALLBACK
+from helexa_torch.ranks import RankGroup, RankSpec, TensorParallelRunner, build_shard, load_shard
 from helexa_torch.sizing import MB, available_cores, kv_budget, resident_mb, resolve_dtype
 from helexa_torch.text import Detokenizer, TokenTexts, encode_text, hidden_specials, render_chat
 
@@ -98,6 +102,8 @@ class Served:
     quantization: quantize.Quantization | None = None
     images: ImagePrompts | None = None
     """How a vision model's prompts with images are prepared; None for text-only models."""
+    group: RankGroup | None = None
+    """The other ranks of a tensor-parallel model (None for one rank)."""
 
 
 @dataclass
@@ -144,17 +150,26 @@ class TorchHarness:
 
     def _device(self, devices: list[int]) -> torch.device:
         if len(devices) != 1:
+            raise ApiError(400, "a tensor-parallel model cannot be parked or woken", param="tensor_parallel")
+        return self._rank_devices(devices, 1)[0]
+
+    def _rank_devices(self, devices: list[int], size: int) -> list[torch.device]:
+        """The device of each rank: one GPU each, or every rank on the CPU of a CPU-only neuron."""
+        infos = [next(d for d in self.context.devices if d.index == index) for index in devices]
+        if all(info.kind != "cuda" for info in infos):
+            return [torch.device("cpu")] * size  # CPU ranks share the cores between them
+        if len(infos) != size:
             raise ApiError(
                 400,
-                "the torch harness runs a model on one device; tensor_parallel > 1 is not supported yet",
+                f"tensor_parallel={size} needs {size} GPUs, got devices {devices}",
                 param="tensor_parallel",
             )
-        info = next(d for d in self.context.devices if d.index == devices[0])
-        return torch.device(f"cuda:{info.index}") if info.kind == "cuda" else torch.device("cpu")
+        return [torch.device(f"cuda:{info.index}") for info in infos]
 
     async def load(self, spec: ModelSpec, devices: list[int], progress: LoadProgress) -> LoadedModel:
         options = {**self.context.options, **spec.options}
-        device = self._device(devices)
+        ranks = self._rank_devices(devices, spec.tensor_parallel or len(devices))
+        device = ranks[0]
         progress("locating weights", 0.0)
         path = await off_loop(
             locate,
@@ -172,7 +187,7 @@ class TorchHarness:
         # The build runs on a thread that a cancelled load cannot stop; shielded, so that
         # whatever it started is still stopped and released when the load is abandoned.
         build = asyncio.ensure_future(
-            off_loop(self._build, spec, checkpoint, options, device, devices[0], progress, quantization)
+            off_loop(self._build, spec, checkpoint, options, ranks, devices, progress, quantization)
         )
         served: Served | None = None
         try:
@@ -180,6 +195,9 @@ class TorchHarness:
             served.engine.deliver = deliver_on_their_loops
             await asyncio.wrap_future(served.engine.ready)
             self._measured(served)
+            if served.group is not None:
+                loop = asyncio.get_running_loop()
+                served.group.watch(partial(self._rank_lost, loop, spec.model_id, served))
         except BaseException:
             build.add_done_callback(self._abandon)
             self.context.ledger.release(spec.model_id)
@@ -191,26 +209,57 @@ class TorchHarness:
     @staticmethod
     def _abandon(build: asyncio.Future[Served]) -> None:
         if not build.cancelled() and build.exception() is None:
-            build.result().engine.close()  # the engine thread ends once its model is built
+            served = build.result()
+            served.engine.close()  # the engine thread ends once its model is built
+            if served.group is not None:
+                threading.Thread(target=served.group.close, name="tp-close", daemon=True).start()
+
+    def _rank_lost(self, loop: asyncio.AbstractEventLoop, model_id: str, served: Served, reason: str) -> None:
+        """A rank of a tensor-parallel model died (any thread): fail its streams, stop the rest, report it."""
+        log.error("%s: %s; the model is failed (load it again to serve it)", model_id, reason)
+        served.engine.fail(f"the model failed: {reason}")
+        try:
+            loop.call_soon_threadsafe(
+                lambda: asyncio.ensure_future(self._drop_failed(model_id, served, reason))
+            )
+        except RuntimeError:  # the event loop is closed: the process is ending anyway
+            pass
+
+    async def _drop_failed(self, model_id: str, served: Served, reason: str) -> None:
+        if self.models.get(model_id) is served:
+            del self.models[model_id]
+            self.context.ledger.release(model_id)
+            if self.context.model_failed is not None:
+                self.context.model_failed(model_id, reason)
+        await off_loop(served.engine.stop)
+        if served.group is not None:
+            await off_loop(served.group.close)
+        self._share_cores()
 
     def _build(
         self,
         spec: ModelSpec,
         checkpoint: Checkpoint,
         options: dict[str, Any],
-        device: torch.device,
-        index: int,
+        ranks: list[torch.device],
+        devices: list[int],
         progress: LoadProgress,
         quantization: quantize.Quantization | None = None,
     ) -> Served:
         config = checkpoint.config
+        device, index, size = ranks[0], devices[0], len(ranks)
         dtype = resolve_dtype(str(options.get("dtype", "auto")), device)
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         context_len = int(getattr(text, "max_position_embeddings", 4096) or 4096)
         max_len = int(options.get("max_model_len") or min(context_len, 32768))
         cls = self._architecture(config)
-        with torch.device("meta"):  # shapes only: no memory until the weights stream in
-            model = cls(config, device, max_len).to(dtype)
+        # Several ranks: each builds and loads only its slice (see `sharding`), this one rank 0.
+        shard = sharding.plan(config, 0, size) if size > 1 else None
+        if shard is not None:
+            model = build_shard(config, cls, shard, device, max_len).to(dtype)
+        else:
+            with torch.device("meta"):  # shapes only: no memory until the weights stream in
+                model = cls(config, device, max_len).to(dtype)
         if quantization is not None:
             quantize.defer_linears(model)
             weight_bytes = quantize.quantized_bytes(model, quantization)
@@ -234,14 +283,45 @@ class TorchHarness:
                 code="kv_cache_too_small",
             )
         need = (weight_bytes + num_blocks * block_size * per_token + state_bytes) // MB + 1
-        self.context.ledger.reserve(spec.model_id, {index: need})
+        # Per rank: each GPU holds one rank; the CPU of a CPU-only neuron holds them all.
+        memory = dict.fromkeys(devices, need) if len(devices) == size else {index: need * size}
+        self.context.ledger.reserve(spec.model_id, memory)
 
         measured: dict[str, int] = {}
+        threads = int(options["threads"]) if options.get("threads") else None
+        group: RankGroup | None = None
+        if shard is not None:
+            threads = threads or max(1, self._fair_share(extra=1) // size)
+            try:
+                group = self._start_ranks(
+                    spec,
+                    checkpoint,
+                    config,
+                    cls,
+                    ranks,
+                    dtype,
+                    max_len,
+                    threads,
+                    num_blocks,
+                    block_size,
+                    quantization,
+                )
+            except BaseException:
+                self.context.ledger.release(spec.model_id)
+                raise
 
         def materialize() -> CausalLM:  # runs on the engine's thread
             before, _ = resident_mb()
-            built = model.materialize(device)
             progress("loading weights", 0.1)
+            if shard is not None:
+                built = load_shard(model, checkpoint.weights(progress), shard, device, quantization)
+                progress(f"waiting for the other {size - 1} rank(s)", 0.85)
+                measured["ranks"] = group.wait_loaded()
+                group.join()
+                sharding.attach_reducers(built, group.all_reduce)
+                measured["weights"] = quantize.resident_bytes(built)
+                return built
+            built = model.materialize(device)
             if quantization is not None:
                 quantize.load_quantized(built, checkpoint.weights(progress), quantization, device)
             else:
@@ -257,7 +337,6 @@ class TorchHarness:
             progress("allocating the KV cache", 0.95)
             return built.eval()
 
-        threads = int(options["threads"]) if options.get("threads") else None
         shape = EngineShape(
             num_blocks=num_blocks,
             block_size=block_size,
@@ -269,10 +348,13 @@ class TorchHarness:
             max_batched_tokens=int(options.get("max_batched_tokens", 8192 if device.type == "cuda" else 512)),
             state_cache=states,
         )
+        runner = partial(TensorParallelRunner, group=group) if group is not None else None
         try:
-            engine = self._engine(spec.model_id, materialize, shape, threads)
+            engine = self._engine(spec.model_id, materialize, shape, threads, runner)
         except BaseException:
             self.context.ledger.release(spec.model_id)
+            if group is not None:
+                group.close()
             raise
         tokenizer = checkpoint.tokenizer
         vocabulary = set(tokenizer.get_vocab()) if hasattr(tokenizer, "get_vocab") else None
@@ -280,8 +362,8 @@ class TorchHarness:
         capabilities = ["text", "tools"] if "tools" in (tokenizer.chat_template or "") else ["text"]
         loaded = LoadedModel(
             model_id=spec.model_id,
-            devices=[index],
-            memory_mb={index: need},
+            devices=list(devices),
+            memory_mb=memory,
             capabilities=capabilities + (["vision"] if images is not None else []),
             max_model_len=max_len,
             defaults=checkpoint.defaults,
@@ -298,7 +380,7 @@ class TorchHarness:
         )
         markers = ToolFormats(self.context.plugins).markers() | set(loaded.think_markers or ())
         log.info(
-            "%s: %s (%s) on %s, %d MB weights, KV cache %d tokens (%d B/token)",
+            "%s: %s (%s) on %s, %d MB weights, KV cache %d tokens (%d B/token)%s",
             spec.model_id,
             loaded.architecture,
             loaded.runtime,
@@ -306,6 +388,7 @@ class TorchHarness:
             weight_bytes // MB,
             num_blocks * block_size,
             per_token,
+            f", per rank of {size} tensor-parallel ranks" if size > 1 else "",
         )
         return Served(
             engine,
@@ -320,10 +403,53 @@ class TorchHarness:
             kv_mb=(num_blocks * block_size * per_token + state_bytes) / MB,
             quantization=quantization,
             images=images,
+            group=group,
         )
 
+    def _start_ranks(
+        self,
+        spec: ModelSpec,
+        checkpoint: Checkpoint,
+        config: Any,
+        cls: type[CausalLM],
+        ranks: list[torch.device],
+        dtype: torch.dtype,
+        max_len: int,
+        threads: int,
+        num_blocks: int,
+        block_size: int,
+        quantization: quantize.Quantization | None = None,
+    ) -> RankGroup:
+        """Spawn the worker ranks; they load their shards while this thread builds rank 0."""
+        timeout = float(self.context.options.get("tp_timeout_s", spec.options.get("tp_timeout_s", 300)))
+
+        def spec_for(port: int) -> RankSpec:
+            return RankSpec(
+                model_id=spec.model_id,
+                architecture=cls,
+                config=config,
+                path=checkpoint.source,  # the very file or folder: no quant to pick a GGUF file again
+                gguf_quant=None,
+                quantization=quantization,
+                dtype=dtype,
+                max_len=max_len,
+                num_blocks=num_blocks,
+                block_size=block_size,
+                devices=tuple(str(d) for d in ranks),
+                threads=threads,
+                store_port=port,
+                timeout_s=timeout,
+            )
+
+        return RankGroup(spec_for)
+
     def _engine(
-        self, model_id: str, model: Callable[[], CausalLM], shape: EngineShape, threads: int | None
+        self,
+        model_id: str,
+        model: Callable[[], CausalLM],
+        shape: EngineShape,
+        threads: int | None,
+        runner: Callable[..., Any] | None = None,
     ) -> Engine:
         return Engine(
             model_id,
@@ -338,17 +464,23 @@ class TorchHarness:
             max_batched_tokens=shape.max_batched_tokens,
             threads=threads or self._fair_share(extra=1),
             state_cache=shape.state_cache,
+            **({"runner": runner} if runner is not None else {}),
         )
 
     def _measured(self, served: Served) -> None:
         """Report what the loaded weights really take (quantized sizes are only estimated before)."""
         if "weights" not in served.measured:
             return
-        index = served.loaded.devices[0]
-        need = int(served.measured["weights"] / MB + served.kv_mb) + 1
-        served.loaded.memory_mb = {index: need}
+        devices = served.loaded.devices
+        weights = [served.measured["weights"], *served.measured.get("ranks", [])]
+        per_rank = [int(w / MB + served.kv_mb) + 1 for w in weights]
+        if len(devices) == len(per_rank):  # a device per rank
+            memory = dict(zip(devices, per_rank, strict=True))
+        else:  # every rank on the CPU
+            memory = {devices[0]: sum(per_rank)}
+        served.loaded.memory_mb = memory
         ledger = self.context.ledger
-        ledger.reserved[served.loaded.model_id] = {index: need}
+        ledger.reserved[served.loaded.model_id] = dict(memory)
 
     def _fair_share(self, extra: int = 0) -> int:
         """CPU threads per engine when the cores are split evenly between this neuron's models."""
@@ -365,6 +497,8 @@ class TorchHarness:
         parked = self.parked.pop(model_id, None)
         if served is not None:
             await off_loop(served.engine.stop)
+            if served.group is not None:
+                await off_loop(served.group.close)
         del served, parked  # the last references: weights and cache go with them
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -375,7 +509,9 @@ class TorchHarness:
 
     def park_size(self, model_id: str) -> int | None:
         served = self.models.get(model_id)
-        return served.weight_bytes if served is not None else None
+        if served is None or served.group is not None:  # tensor-parallel models are unloaded, not parked
+            return None
+        return served.weight_bytes
 
     async def park(self, model_id: str) -> None:
         served = self._served(model_id)

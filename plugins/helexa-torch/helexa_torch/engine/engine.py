@@ -54,6 +54,7 @@ class Engine:
         max_batched_tokens: int = 512,
         threads: int | None = None,
         state_cache: StateBudget | None = None,
+        runner: Callable[..., ModelRunner] = ModelRunner,
     ) -> None:
         self.name = name
         self.device = device
@@ -73,6 +74,9 @@ class Engine:
         self.inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self.wake = threading.Event()
         self.steps = 0
+        self.broken: str | None = None
+        """Why the model can no longer run (a tensor-parallel rank died); every sequence then fails."""
+        self.make_runner = runner
         self.threads = threads or available_cores()
         """CPU threads for this engine's ops; the harness rebalances it as models come and go."""
         self.deliver: Callable[[list[Output]], None] = deliver_each
@@ -96,7 +100,7 @@ class Engine:
         torch.set_num_threads(self.threads)
         try:
             built = model() if callable(model) and not isinstance(model, CausalLM) else model
-            self.runner = ModelRunner(built, num_blocks, block_size, dtype, self.device, self.blocks)
+            self.runner = self.make_runner(built, num_blocks, block_size, dtype, self.device, self.blocks)
         except BaseException as exc:
             self.ready.set_exception(exc)
             return
@@ -114,6 +118,11 @@ class Engine:
 
     def abort(self, seq: Sequence) -> None:
         self.inbox.put(("abort", seq))
+        self.wake.set()
+
+    def fail(self, reason: str) -> None:
+        """Fail every sequence with ``reason`` and refuse new ones: the model cannot run any more."""
+        self.inbox.put(("fail", reason))
         self.wake.set()
 
     def close(self) -> None:
@@ -143,6 +152,8 @@ class Engine:
                 self.step()
             except Exception as exc:  # fail what was running, keep the engine alive for the next requests
                 log.error("engine step for %s failed: %s\n%s", self.name, exc, traceback.format_exc())
+                if getattr(exc, "fatal", False):
+                    self.broken = str(exc)
                 self._fail_all(f"{type(exc).__name__}: {exc}")
 
     def _fail_all(self, message: str) -> None:
@@ -161,8 +172,14 @@ class Engine:
             if kind == "stop":
                 self._fail_all("the model was unloaded")
                 return False
+            if kind == "fail":
+                self.broken = self.broken or str(item)
+                self._fail_all(self.broken)
+                continue
             assert isinstance(item, Sequence)
-            if kind == "add":
+            if kind == "add" and self.broken:
+                self.deliver([(item, [], "error", self.broken)])
+            elif kind == "add":
                 self.scheduler.add(item)
             elif item.status != "finished":  # abort: its blocks return to the pool now
                 self.scheduler.finish(item)
@@ -190,6 +207,8 @@ class Engine:
         try:
             tokens, sampled = self._forward(plan)
         except Exception as exc:
+            if getattr(exc, "fatal", False):  # not caused by a request: nothing to isolate
+                raise
             if plan.size > 1:
                 for half in plan.halves():
                     self._run_isolated(half, outputs)

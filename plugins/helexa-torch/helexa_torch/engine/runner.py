@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from helexa_torch.engine.block_manager import BlockManager
@@ -11,6 +13,23 @@ from helexa_torch.engine.sequence import Sequence
 from helexa_torch.engine.state_cache import StateCache, StateStep
 from helexa_torch.models.causal_lm import CausalLM
 from helexa_torch.models.context import KVCache, PrefillSegment, StepContext
+
+
+@dataclass
+class Step:
+    """One step's inputs as plain data (what tensor-parallel ranks are sent to run the same forward)."""
+
+    ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    """Cache slot of every token."""
+    decode_tables: list[list[int]] = field(default_factory=list)
+    """Block tables of the decoding sequences, padded to the widest."""
+    decode_lens: list[int] = field(default_factory=list)
+    prefills: list[tuple[int, int, int, list[int]]] = field(default_factory=list)
+    """(first row, length, tokens already cached, block table) of each prompt chunk."""
+    rows: list[int] = field(default_factory=list)
+    """Rows whose logits are sampled."""
 
 
 class ModelRunner:
@@ -47,52 +66,65 @@ class ModelRunner:
         size, table = self.block_size, seq.block_table
         return [table[p // size] * size + p % size for p in range(start, end)]
 
-    def prepare(
-        self, plan: Plan
-    ) -> tuple[torch.Tensor, torch.Tensor, StepContext, list[int], list[Sequence]]:
-        ids, positions, slots = [], [], []
-        sampled_rows: list[int] = []
+    def describe(self, plan: Plan) -> tuple[Step, list[Sequence]]:
+        """The step's inputs as plain data, and the sequences a token is sampled for (in row order)."""
+        step = Step()
+        ids, positions, slots = step.ids, step.positions, step.slots
         sampled: list[Sequence] = []
         for row, seq in enumerate(plan.decode):
             position = len(seq.token_ids) - 1
             ids.append(seq.token_ids[-1])
             positions.append(position)
             slots.extend(self._slots(seq, position, position + 1))
-            sampled_rows.append(row)
+            step.rows.append(row)
             sampled.append(seq)
-        ctx = StepContext(slot_mapping=torch.empty(0), num_decode=len(plan.decode))
         if plan.decode:
             widest = max(len(seq.block_table) for seq in plan.decode)
-            tables = [seq.block_table + [0] * (widest - len(seq.block_table)) for seq in plan.decode]
-            lens = self._tensor([len(seq.token_ids) for seq in plan.decode])
-            ctx.decode_blocks = self._tensor(tables).view(len(tables), widest)
-            ctx.decode_lens = lens
-            visible = torch.arange(widest * self.block_size, device=self.device)[None, :] < lens[:, None]
-            mask = torch.zeros(visible.shape, dtype=torch.float32, device=self.device)
-            ctx.decode_mask = mask.masked_fill_(~visible, float("-inf"))
+            step.decode_tables = [
+                seq.block_table + [0] * (widest - len(seq.block_table)) for seq in plan.decode
+            ]
+            step.decode_lens = [len(seq.token_ids) for seq in plan.decode]
         for seq, chunk in plan.prefill:
             start, end = seq.num_computed, seq.num_computed + chunk
-            segment = PrefillSegment(
-                start=len(ids),
-                length=chunk,
-                cached=start,
-                block_table=self._tensor(seq.block_table[: -(-end // self.block_size)]),
-            )
-            if start:
-                query = torch.arange(start, end, device=self.device)[:, None]
-                segment.mask = torch.arange(end, device=self.device)[None, :] <= query
-            ctx.prefills.append(segment)
+            step.prefills.append((len(ids), chunk, start, seq.block_table[: -(-end // self.block_size)]))
             ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
             slots.extend(self._slots(seq, start, end))
             if end == len(seq.token_ids):
-                sampled_rows.append(len(ids) - 1)
+                step.rows.append(len(ids) - 1)
                 sampled.append(seq)
-        ctx.slot_mapping = self._tensor(slots)
+        return step, sampled
+
+    def build(self, step: Step) -> tuple[torch.Tensor, torch.Tensor, StepContext]:
+        """The step's tensors on this runner's device: token ids, positions and the attention context."""
+        ctx = StepContext(slot_mapping=self._tensor(step.slots), num_decode=len(step.decode_lens))
+        if step.decode_lens:
+            widest = len(step.decode_tables[0])
+            lens = self._tensor(step.decode_lens)
+            ctx.decode_blocks = self._tensor(step.decode_tables).view(len(step.decode_tables), widest)
+            ctx.decode_lens = lens
+            visible = torch.arange(widest * self.block_size, device=self.device)[None, :] < lens[:, None]
+            mask = torch.zeros(visible.shape, dtype=torch.float32, device=self.device)
+            ctx.decode_mask = mask.masked_fill_(~visible, float("-inf"))
+        for first, length, cached, table in step.prefills:
+            segment = PrefillSegment(
+                start=first, length=length, cached=cached, block_table=self._tensor(table)
+            )
+            if cached:
+                query = torch.arange(cached, cached + length, device=self.device)[:, None]
+                segment.mask = torch.arange(cached + length, device=self.device)[None, :] <= query
+            ctx.prefills.append(segment)
+        return self._tensor(step.ids), self._tensor(step.positions), ctx
+
+    def prepare(
+        self, plan: Plan
+    ) -> tuple[torch.Tensor, torch.Tensor, StepContext, list[int], list[Sequence]]:
+        step, sampled = self.describe(plan)
+        ids, positions, ctx = self.build(step)
         ctx.media = step_media(self.model, plan, self.device)
         if self.states is not None:
             ctx.states = self.pending = self.states.step(plan)
-        return self._tensor(ids), self._tensor(positions), ctx, sampled_rows, sampled
+        return ids, positions, ctx, step.rows, sampled
 
     @torch.inference_mode()
     def run(self, plan: Plan) -> tuple[torch.Tensor | None, list[Sequence]]:

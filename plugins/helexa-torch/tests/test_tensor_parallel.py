@@ -1,0 +1,232 @@
+"""Tensor parallelism on the CPU, as an operator meets it: checkpoints saved to a folder, loaded through a
+real neuron with ``tensor_parallel = 2`` (two gloo ranks, one a worker process), compared with
+transformers on greedy tokens and with the same model on one rank on log-probabilities; a worker
+killed under a stream; an unload that stops every worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from harness_helpers import neuron_for, save_checkpoint
+from test_architectures import hf_greedy, prompt
+from test_hybrid import SMALL as HYBRID
+from transformers import LlamaConfig, Qwen3_5TextConfig, Qwen3Config, Qwen3MoeConfig
+
+from helexa.neuron.app import create_app
+from helexa.neuron.harness import GenerationRequest, Prompt, SamplingParams
+from helexa.testing import serve_app
+
+SMALL = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    initializer_range=0.1,
+)
+CASES = {
+    "llama3": lambda: LlamaConfig(
+        **SMALL,
+        attention_bias=True,  # o_proj's bias must be added once, not once per rank
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    ),
+    "qwen3": lambda: Qwen3Config(**{**SMALL, "num_key_value_heads": 1}, head_dim=16),  # KV head replicated
+    "qwen3-moe": lambda: Qwen3MoeConfig(
+        **SMALL,
+        head_dim=16,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        norm_topk_prob=True,
+        mlp_only_layers=[0],  # one dense layer, one sparse
+    ),
+}
+PROMPT_LENGTHS = [5, 17, 29, 40]
+NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def neuron(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    neuron = neuron_for(root)
+    with serve_app(create_app(neuron)) as url:
+        yield url, root, neuron
+        asyncio.run(neuron.manager.unload_all(30))  # no worker outlives the module
+
+
+def load(url: str, model_id: str, folder, tensor_parallel: int):
+    return httpx.post(
+        f"{url}/models/load",
+        timeout=180,
+        json={
+            "model_id": model_id,
+            "tensor_parallel": tensor_parallel,
+            # Room for a stream long enough to be cut (the configs say 256 positions).
+            "options": {"path": str(folder), "kv_cache_mb": 4, "max_model_len": 4096},
+        },
+    )
+
+
+def status(url: str, model_id: str) -> dict:
+    return next(m for m in httpx.get(f"{url}/models").json() if m["id"] == model_id)
+
+
+def workers(neuron, model_id: str) -> list[int]:
+    return neuron.harnesses["torch"].models[model_id].group.pids
+
+
+async def generate_all(harness, model_id: str, prompts: list[list[int]], n: int) -> list[list[int]]:
+    async def one(i: int, ids: list[int]) -> list[int]:
+        request = GenerationRequest(
+            request_id=f"r{i}",
+            prompt=Prompt(text="", token_ids=ids),
+            sampling=SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True),
+        )
+        tokens = []
+        async for delta in harness.generate(model_id, request):
+            tokens.extend(delta.token_ids)
+        return tokens
+
+    return await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+
+
+def top_logprobs(url: str, model_id: str, ids: list[int]) -> list[dict[str, float]]:
+    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    answer = sdk.completions.create(
+        model=model_id, prompt=ids, max_tokens=6, temperature=0, logprobs=5, extra_body={"ignore_eos": True}
+    )
+    return answer.choices[0].logprobs.top_logprobs
+
+
+@pytest.fixture(scope="module")
+def models(neuron):
+    """Each architecture saved once and loaded on two ranks and on one, as it is first asked for."""
+    url, root, _ = neuron
+    made: dict[str, object] = {}
+
+    def get(case: str):
+        if case not in made:
+            hf = save_checkpoint(root / case, CASES[case]())
+            for ranks in (2, 1):
+                response = load(url, f"{case}/tp{ranks}", root / case, ranks)
+                assert response.status_code == 200, response.text
+            made[case] = hf
+        return made[case]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_generate_what_transformers_generates(neuron, models, case):
+    url, _, node = neuron
+    hf = models(case)
+    info = status(url, f"{case}/tp2")
+    assert info["status"] == "loaded" and info["devices"] == [0]
+    assert len(workers(node, f"{case}/tp2")) == 1  # rank 0 is the neuron itself
+    prompts = [prompt(i, n, hf.config.vocab_size) for i, n in enumerate(PROMPT_LENGTHS)]
+    ours = asyncio.run(generate_all(node.harnesses["torch"], f"{case}/tp2", prompts, NEW_TOKENS))
+    assert ours == [hf_greedy(hf, p, NEW_TOKENS) for p in prompts]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_give_the_log_probabilities_of_one(neuron, models, case):
+    url, _, _ = neuron
+    hf = models(case)
+    ids = prompt(7, 23, hf.config.vocab_size)
+    two, one = top_logprobs(url, f"{case}/tp2", ids), top_logprobs(url, f"{case}/tp1", ids)
+    assert [list(step) for step in two] == [list(step) for step in one]
+    worst = max(abs(a[t] - b[t]) for a, b in zip(two, one, strict=True) for t in a)
+    assert worst < 1e-4, worst
+
+
+def test_a_split_the_model_cannot_take_is_refused_by_name(neuron):
+    url, root, _ = neuron
+    save_checkpoint(root / "three", LlamaConfig(**SMALL))
+    response = load(url, "three/tp3", root / "three", 3)  # 4 attention heads do not split 3 ways
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "tensor_parallel" and "4 attention heads" in error["message"]
+    save_checkpoint(root / "hybrid", Qwen3_5TextConfig(**HYBRID))
+    response = load(url, "hybrid/tp2", root / "hybrid", 2)  # linear-attention layers are not split
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "tensor_parallel" and "cannot be split" in error["message"]
+    assert status(url, "hybrid/tp2")["status"] == "failed"
+    assert httpx.get(f"{url}/health").status_code == 200
+
+
+@pytest.mark.slow
+def test_unloading_stops_every_worker(neuron, models):
+    url, _, node = neuron
+    models("qwen3")
+    pids = workers(node, "qwen3/tp2")
+    response = httpx.post(f"{url}/models/unload", json={"model_id": "qwen3/tp2"}, timeout=60)
+    assert response.status_code == 200, response.text
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_ends_the_streams_in_protocol_and_fails_the_model(neuron, models):
+    url, _, node = neuron
+    models("llama3")
+    [pid] = workers(node, "llama3/tp2")
+    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    outcome: dict[str, object] = {}
+    started = threading.Event()
+
+    def stream() -> None:
+        chunks = sdk.chat.completions.create(
+            model="llama3/tp2",
+            messages=[{"role": "user", "content": "Tell me about Paris."}],
+            max_tokens=4000,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        try:
+            for _ in chunks:
+                started.set()
+            outcome["ended"] = "without an error"
+        except openai.APIError as exc:  # the stream's own error event
+            outcome["ended"] = exc
+        finally:
+            started.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert started.wait(30)
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    reader.join(15)
+    assert not reader.is_alive()
+    assert isinstance(outcome["ended"], openai.APIError), outcome
+    assert "rank 1" in str(outcome["ended"])
+    while (info := status(url, "llama3/tp2"))["status"] != "failed":
+        assert time.monotonic() - killed < 5, info
+        time.sleep(0.1)
+    assert "rank 1" in info["error"]
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.create(model="llama3/tp2", messages=[{"role": "user", "content": "Hi"}])
+    # The model on one rank beside it never noticed.
+    answer = sdk.chat.completions.create(
+        model="llama3/tp1", messages=[{"role": "user", "content": "Hi"}], max_tokens=3
+    )
+    assert answer.choices[0].message.content is not None
