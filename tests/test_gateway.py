@@ -139,9 +139,13 @@ async def test_client_disconnect_cancels_the_neuron_sequence_within_100ms(fleet)
         httpx.AsyncClient() as http,
         http.stream("POST", f"{fleet.url}/v1/chat/completions", json=body) as response,
     ):
-        lines = response.aiter_lines()
-        while "word" not in await lines.__anext__():
-            pass
+        assert response.status_code == 200, await response.aread()
+        seen = []
+        async for line in response.aiter_lines():
+            seen.append(line)
+            if "word" in line:
+                break
+        assert "word" in seen[-1], seen  # the answer had begun streaming
         assert entry.admission.running == 1
     left = time.monotonic()
     while entry.admission.running:

@@ -23,6 +23,7 @@ from helexa_torch.models.context import KVCache, StepContext
 from helexa_torch.models.layers import RMSNorm
 from helexa_torch.models.moe import Experts
 from helexa_torch.models.rotary import Rotary
+from helexa_torch.weights import fill
 
 # checkpoint name part -> (our fused parameter, which part of it)
 PACKED = {
@@ -146,7 +147,10 @@ class CausalLM(nn.Module):
             if param is None:
                 raise ValueError(f"checkpoint has {name!r}, which this architecture does not use")
             module = modules[target.rpartition(".")[0]]
-            _copy(_part(module, param, key), tensor, name)
+            if key is None:
+                fill(param, tensor, name)
+            else:
+                _copy(_part(module, param, key), tensor, name)
             loaded.setdefault(target, set()).add(key)
 
         def complete(name: str) -> bool:

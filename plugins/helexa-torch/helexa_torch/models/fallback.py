@@ -21,6 +21,7 @@ from torch import nn
 
 from helexa_torch.models.attention import AttentionSpec, decode_attention, prefill_attention, store_kv
 from helexa_torch.models.context import KVCache, StepContext
+from helexa_torch.weights import fill
 
 ATTENTION = "helexa"
 STATEFUL_LAYERS = ("linear_attention", "mamba", "conv", "recurrent")
@@ -147,11 +148,7 @@ class TransformersForCausalLM(nn.Module):
                 if "rotary_emb" in name or name == "lm_head.weight":
                     continue  # buffers the model computes; a head tied to the embedding
                 raise ValueError(f"checkpoint has {name!r}, which {self.architecture_name} does not use")
-            if param.shape != tensor.shape:
-                raise ValueError(
-                    f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}"
-                )
-            param.copy_(tensor)
+            fill(param, tensor, name)
             loaded.add(name)
         missing = sorted(set(params) - loaded)
         if missing:
