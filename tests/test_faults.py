@@ -16,9 +16,20 @@ TIMEOUTS = {"proxy": {"stall_timeout_s": 1.0, "first_byte_timeout_s": 1.5}}
 
 
 @pytest.fixture(scope="module")
-def faulty():
+def fleet_of_one():
     with scripted(1) as neurons, gateway_only({"s": neurons[0][1]}, **TIMEOUTS) as running:
         yield running
+
+
+@pytest.fixture
+def faulty(fleet_of_one):
+    """The gateway counts each failed answer against the neuron, and two in a row with no good
+    poll between them mark it down (then every route answers 503/529). Each test here is about
+    one failure, so it starts once a poll has cleared the count left by the one before."""
+    fleet_of_one.wait(
+        lambda: all(n.healthy and not n.failures for n in fleet_of_one.gateway.fleet.nodes.values())
+    )
+    return fleet_of_one
 
 
 def chat(model: str, stream: bool) -> dict:
