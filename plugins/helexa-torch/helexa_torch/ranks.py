@@ -75,6 +75,8 @@ class RankSpec:
     """CPU threads of each rank."""
     store_port: int
     timeout_s: float
+    state_rows: int = 0
+    """Hybrid models: state-cache slots (running sequences plus prefix snapshots), as rank 0 has."""
 
     @property
     def size(self) -> int:
@@ -154,7 +156,9 @@ def worker_main(spec: RankSpec, rank: int, conn: Connection) -> None:
         conn.send(("loaded", quantize.resident_bytes(model)))
         attach = connect(spec, rank)
         sharding.attach_reducers(model, reducer(attach))
-        runner = ModelRunner(model, spec.num_blocks, spec.block_size, spec.dtype, device)
+        runner = ModelRunner(
+            model, spec.num_blocks, spec.block_size, spec.dtype, device, state_rows=spec.state_rows
+        )
     except BaseException as exc:
         traceback.print_exc()
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -167,6 +171,8 @@ def worker_main(spec: RankSpec, rank: int, conn: Connection) -> None:
                 return
             if step is None:  # unloaded
                 return
+            if runner.states is not None:  # first what rank 0 did to its slots, then this step
+                runner.states.replay(step.state_ops, runner.pending)
             ids, positions, ctx = runner.build(step)
             try:
                 model(ids, positions, ctx, runner.caches)
@@ -314,12 +320,16 @@ class TensorParallelRunner(ModelRunner):
     def __init__(self, *args, group: RankGroup, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.group = group
+        if self.states is not None:
+            self.states.journal = []
 
     @torch.inference_mode()
     def run(self, plan: Plan) -> tuple[torch.Tensor | None, list[Sequence]]:
         if self.group.lost:
             raise RankLost(self.group.lost)
         step, sampled = self.describe(plan)
+        if self.states is not None:
+            step.state_ops, self.states.journal = self.states.journal, []
         self.group.send(step)
         ids, positions, ctx = self.build(step)
         try:
