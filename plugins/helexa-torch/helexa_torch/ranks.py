@@ -9,7 +9,11 @@ sends the step's inputs as plain data (`engine.runner.Step`) down a pipe to ever
 then all ranks run the same forward on their shard (see `sharding`), summing partial
 outputs with one all-reduce after attention and one after the MLP. Only rank 0 computes
 logits. Each rank keeps its own paged KV cache for its KV heads; the block tables are
-rank 0's, so the caches stay in step.
+rank 0's, so the caches stay in step. A hybrid model's ranks also keep the recurrent states of
+their own heads in slots that rank 0's block manager assigns: rank 0 journals every write it
+makes to its slots (zeroed for a new sequence, copied from a prefix snapshot, a step's states
+committed with the snapshots kept) and sends the journal with the next step, and each worker
+replays it before that step's forward, so every rank's slots hold the same sequences' states.
 
 A worker that dies (or fails) closes its end of the process group, so the collective rank 0
 is in fails at once, and a watcher thread notices a dead worker while the model is idle:

@@ -16,9 +16,17 @@ stream in (`shard_weights`), so a rank never holds more than its own weights plu
   width (the router is replicated). Memory splits N ways and every rank does the same work
   whatever the routing picks, with no all-to-all.
 - Embeddings and norms are replicated; the LM head is only used on rank 0, where sampling is.
+- Hybrids (Qwen3.5, Qwen3-Next): gated attention as above, with each query head's gate rows
+  kept beside it. Gated DeltaNet layers split by key-head groups, each key head with the value
+  heads that read it: the q and k rows (and convolution channels) of the rank's key heads, the
+  v and z rows, the b and a rows, ``A_log`` and ``dt_bias`` of its value heads (Qwen3-Next's
+  ``in_proj_qkvz``/``in_proj_ba`` are already grouped per key head, so a contiguous share is
+  whole groups), out_proj's matching columns; the gated norm (per head dimension) is replicated.
+  Each rank's state cache therefore holds only its heads' states.
 
-A forward hook on each layer's attention and MLP sums their partial outputs across ranks:
-one all-reduce after attention, one after the MLP. A single-rank model has no hooks.
+A forward hook on each layer's token mixer (attention or linear attention) and MLP sums their
+partial outputs across ranks: one all-reduce after each. A single-rank model has no hooks.
+Models that read images are refused: their vision tower would run on rank 0 alone.
 """
 
 from __future__ import annotations
