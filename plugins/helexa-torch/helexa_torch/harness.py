@@ -305,6 +305,7 @@ class TorchHarness:
                     num_blocks,
                     block_size,
                     quantization,
+                    states.slots + states.snapshots if states else 0,
                 )
             except BaseException:
                 self.context.ledger.release(spec.model_id)
@@ -419,6 +420,7 @@ class TorchHarness:
         num_blocks: int,
         block_size: int,
         quantization: quantize.Quantization | None = None,
+        state_rows: int = 0,
     ) -> RankGroup:
         """Spawn the worker ranks; they load their shards while this thread builds rank 0."""
         timeout = float(self.context.options.get("tp_timeout_s", spec.options.get("tp_timeout_s", 300)))
@@ -439,6 +441,7 @@ class TorchHarness:
                 threads=threads,
                 store_port=port,
                 timeout_s=timeout,
+                state_rows=state_rows,
             )
 
         return RankGroup(spec_for)

@@ -9,7 +9,11 @@ sends the step's inputs as plain data (`engine.runner.Step`) down a pipe to ever
 then all ranks run the same forward on their shard (see `sharding`), summing partial
 outputs with one all-reduce after attention and one after the MLP. Only rank 0 computes
 logits. Each rank keeps its own paged KV cache for its KV heads; the block tables are
-rank 0's, so the caches stay in step.
+rank 0's, so the caches stay in step. A hybrid model's ranks also keep the recurrent states of
+their own heads in slots that rank 0's block manager assigns: rank 0 journals every write it
+makes to its slots (zeroed for a new sequence, copied from a prefix snapshot, a step's states
+committed with the snapshots kept) and sends the journal with the next step, and each worker
+replays it before that step's forward, so every rank's slots hold the same sequences' states.
 
 A worker that dies (or fails) closes its end of the process group, so the collective rank 0
 is in fails at once, and a watcher thread notices a dead worker while the model is idle:
@@ -75,6 +79,8 @@ class RankSpec:
     """CPU threads of each rank."""
     store_port: int
     timeout_s: float
+    state_rows: int = 0
+    """Hybrid models: state-cache slots (running sequences plus prefix snapshots), as rank 0 has."""
 
     @property
     def size(self) -> int:
@@ -154,7 +160,9 @@ def worker_main(spec: RankSpec, rank: int, conn: Connection) -> None:
         conn.send(("loaded", quantize.resident_bytes(model)))
         attach = connect(spec, rank)
         sharding.attach_reducers(model, reducer(attach))
-        runner = ModelRunner(model, spec.num_blocks, spec.block_size, spec.dtype, device)
+        runner = ModelRunner(
+            model, spec.num_blocks, spec.block_size, spec.dtype, device, state_rows=spec.state_rows
+        )
     except BaseException as exc:
         traceback.print_exc()
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -167,6 +175,8 @@ def worker_main(spec: RankSpec, rank: int, conn: Connection) -> None:
                 return
             if step is None:  # unloaded
                 return
+            if runner.states is not None:  # first what rank 0 did to its slots, then this step
+                runner.states.replay(step.state_ops, runner.pending)
             ids, positions, ctx = runner.build(step)
             try:
                 model(ids, positions, ctx, runner.caches)
@@ -314,12 +324,16 @@ class TensorParallelRunner(ModelRunner):
     def __init__(self, *args, group: RankGroup, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.group = group
+        if self.states is not None:
+            self.states.journal = []
 
     @torch.inference_mode()
     def run(self, plan: Plan) -> tuple[torch.Tensor | None, list[Sequence]]:
         if self.group.lost:
             raise RankLost(self.group.lost)
         step, sampled = self.describe(plan)
+        if self.states is not None:
+            step.state_ops, self.states.journal = self.states.journal, []
         self.group.send(step)
         ids, positions, ctx = self.build(step)
         try:

@@ -1,7 +1,8 @@
 """Tensor parallelism on the CPU, as an operator meets it: checkpoints saved to a folder, loaded through a
 real neuron with ``tensor_parallel = 2`` (two gloo ranks, one a worker process), compared with
-transformers on greedy tokens and with the same model on one rank on log-probabilities; a worker
-killed under a stream; an unload that stops every worker."""
+transformers on greedy tokens and with the same model on one rank on log-probabilities; hybrid
+linear-attention models likewise, with chunked prefill and a prefix hit that restores recurrent
+states on every rank; a worker killed under a stream; an unload that stops every worker."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ import openai
 import pytest
 from harness_helpers import neuron_for, save_checkpoint
 from test_architectures import hf_greedy, prompt
+from test_hybrid import CASES as HYBRIDS
+from test_hybrid import OPTIONS as HYBRID_OPTIONS
 from test_hybrid import SMALL as HYBRID
+from test_hybrid import save_hybrid
 from transformers import LlamaConfig, Qwen3_5TextConfig, Qwen3Config, Qwen3MoeConfig
+from vision_helpers import save_vision_checkpoint
 
 from helexa.neuron.app import create_app
 from helexa.neuron.harness import GenerationRequest, Prompt, SamplingParams
@@ -68,7 +73,7 @@ def neuron(tmp_path_factory):
         asyncio.run(neuron.manager.unload_all(30))  # no worker outlives the module
 
 
-def load(url: str, model_id: str, folder, tensor_parallel: int):
+def load(url: str, model_id: str, folder, tensor_parallel: int, **options):
     return httpx.post(
         f"{url}/models/load",
         timeout=180,
@@ -76,7 +81,7 @@ def load(url: str, model_id: str, folder, tensor_parallel: int):
             "model_id": model_id,
             "tensor_parallel": tensor_parallel,
             # Room for a stream long enough to be cut (the configs say 256 positions).
-            "options": {"path": str(folder), "kv_cache_mb": 4, "max_model_len": 4096},
+            "options": {"path": str(folder), "kv_cache_mb": 4, "max_model_len": 4096, **options},
         },
     )
 
@@ -104,6 +109,20 @@ async def generate_all(harness, model_id: str, prompts: list[list[int]], n: int)
     return await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
 
 
+async def generate_one(harness, model_id: str, ids: list[int], n: int) -> tuple[list[int], int]:
+    """Greedy tokens of one prompt, and how many of its tokens came from the prefix cache."""
+    request = GenerationRequest(
+        request_id=f"one-{len(ids)}",
+        prompt=Prompt(text="", token_ids=ids),
+        sampling=SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True),
+    )
+    tokens, cached = [], 0
+    async for delta in harness.generate(model_id, request):
+        tokens.extend(delta.token_ids)
+        cached = delta.cached_tokens or cached
+    return tokens, cached
+
+
 def top_logprobs(url: str, model_id: str, ids: list[int]) -> list[dict[str, float]]:
     sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
     answer = sdk.completions.create(
@@ -120,9 +139,12 @@ def models(neuron):
 
     def get(case: str):
         if case not in made:
-            hf = save_checkpoint(root / case, CASES[case]())
+            if case in HYBRIDS:  # small blocks and chunks: prompts prefill in pieces, prefixes hit
+                hf, options = save_hybrid(root / case, HYBRIDS[case]()), HYBRID_OPTIONS
+            else:
+                hf, options = save_checkpoint(root / case, CASES[case]()), {}
             for ranks in (2, 1):
-                response = load(url, f"{case}/tp{ranks}", root / case, ranks)
+                response = load(url, f"{case}/tp{ranks}", root / case, ranks, **options)
                 assert response.status_code == 200, response.text
             made[case] = hf
         return made[case]
@@ -131,7 +153,7 @@ def models(neuron):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [*CASES, *HYBRIDS])
 def test_two_ranks_generate_what_transformers_generates(neuron, models, case):
     url, _, node = neuron
     hf = models(case)
@@ -139,12 +161,36 @@ def test_two_ranks_generate_what_transformers_generates(neuron, models, case):
     assert info["status"] == "loaded" and info["devices"] == [0]
     assert len(workers(node, f"{case}/tp2")) == 1  # rank 0 is the neuron itself
     prompts = [prompt(i, n, hf.config.vocab_size) for i, n in enumerate(PROMPT_LENGTHS)]
-    ours = asyncio.run(generate_all(node.harnesses["torch"], f"{case}/tp2", prompts, NEW_TOKENS))
-    assert ours == [hf_greedy(hf, p, NEW_TOKENS) for p in prompts]
+    expected = [hf_greedy(hf, p, NEW_TOKENS) for p in prompts]
+    harness = node.harnesses["torch"]
+    assert asyncio.run(generate_all(harness, f"{case}/tp2", prompts, NEW_TOKENS)) == expected
+    if case in HYBRIDS:
+        # Every state slot came back on rank 0, whose block manager the workers follow.
+        two, one = (harness.models[f"{case}/tp{n}"].engine for n in (2, 1))
+        assert two.blocks.free_state_slots == two.blocks.budget.slots
+        # Each rank holds the states of its own value heads only: half of them.
+        assert two.runner.states.recurrent[0].shape[1] * 2 == one.runner.states.recurrent[0].shape[1]
+        assert asyncio.run(generate_all(harness, f"{case}/tp1", prompts, NEW_TOKENS)) == expected
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(HYBRIDS))
+def test_a_prefix_hit_restores_the_states_of_every_rank(neuron, models, case):
+    _, _, node = neuron
+    hf = models(case)
+    harness, vocab = node.harnesses["torch"], hf.config.vocab_size
+    first = prompt(50, 42, vocab)
+    second = first + prompt(51, 11, vocab)  # resumes at the first prompt's last block boundary
+    for model_id in (f"{case}/tp2", f"{case}/tp1"):
+        tokens, cached = asyncio.run(generate_one(harness, model_id, first, 4))
+        assert cached == 0 and tokens == hf_greedy(hf, first, 4)
+        tokens, cached = asyncio.run(generate_one(harness, model_id, second, NEW_TOKENS))
+        assert cached == 40, model_id
+        assert tokens == hf_greedy(hf, second, NEW_TOKENS), model_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [*CASES, *HYBRIDS])
 def test_two_ranks_give_the_log_probabilities_of_one(neuron, models, case):
     url, _, _ = neuron
     hf = models(case)
@@ -162,12 +208,19 @@ def test_a_split_the_model_cannot_take_is_refused_by_name(neuron):
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == "tensor_parallel" and "4 attention heads" in error["message"]
-    save_checkpoint(root / "hybrid", Qwen3_5TextConfig(**HYBRID))
-    response = load(url, "hybrid/tp2", root / "hybrid", 2)  # linear-attention layers are not split
+    # One linear-attention key head (with its two value heads) cannot be shared by two ranks.
+    save_checkpoint(root / "hybrid", Qwen3_5TextConfig(**{**HYBRID, "linear_num_key_heads": 1}))
+    response = load(url, "hybrid/tp2", root / "hybrid", 2)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
-    assert error["param"] == "tensor_parallel" and "cannot be split" in error["message"]
+    assert error["param"] == "tensor_parallel" and error["code"] == "tensor_parallel_unsupported"
+    assert "1 linear-attention key heads" in error["message"]
     assert status(url, "hybrid/tp2")["status"] == "failed"
+    save_vision_checkpoint(root / "vl")  # its vision tower would run on rank 0 alone
+    response = load(url, "vl/tp2", root / "vl", 2)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "tensor_parallel" and "reads images" in error["message"]
     assert httpx.get(f"{url}/health").status_code == 200
 
 

@@ -30,6 +30,12 @@ class Step:
     """(first row, length, tokens already cached, block table) of each prompt chunk."""
     rows: list[int] = field(default_factory=list)
     """Rows whose logits are sampled."""
+    state_decode: list[int] = field(default_factory=list)
+    """Hybrid models: the state slot of each decoding sequence."""
+    state_prefills: list[tuple[int, list[int]]] = field(default_factory=list)
+    """Hybrid models: the state slot of each prompt chunk, and the offsets to snapshot its states at."""
+    state_ops: list[tuple] = field(default_factory=list)
+    """Hybrid models on several ranks: rank 0's state-slot writes since the last step (its journal)."""
 
 
 class ModelRunner:
@@ -41,6 +47,7 @@ class ModelRunner:
         dtype: torch.dtype,
         device: torch.device,
         blocks: BlockManager | None = None,
+        state_rows: int | None = None,
     ) -> None:
         self.model = model
         self.block_size = block_size
@@ -55,9 +62,13 @@ class ModelRunner:
         self.states: StateCache | None = None
         self.pending: StateStep | None = None
         if getattr(model, "linear_layers", None):  # a hybrid model: its recurrent states live beside the KV
-            if not hasattr(blocks, "slot_of"):
+            if hasattr(blocks, "slot_of"):
+                rows = blocks.budget.slots + blocks.budget.snapshots
+                self.states = StateCache(model, rows, dtype, device, blocks)
+            elif state_rows:  # a tensor-parallel worker: rank 0's block manager decides every slot
+                self.states = StateCache(model, state_rows, dtype, device, None)
+            else:
                 raise ValueError("a hybrid model needs the engine's state cache (a HybridBlockManager)")
-            self.states = StateCache(model, blocks, dtype, device)
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
@@ -78,6 +89,8 @@ class ModelRunner:
             slots.extend(self._slots(seq, position, position + 1))
             step.rows.append(row)
             sampled.append(seq)
+        if self.states is not None:
+            step.state_decode, step.state_prefills = self.states.describe(plan)
         if plan.decode:
             widest = max(len(seq.block_table) for seq in plan.decode)
             step.decode_tables = [
@@ -114,6 +127,8 @@ class ModelRunner:
                 query = torch.arange(cached, cached + length, device=self.device)[:, None]
                 segment.mask = torch.arange(cached + length, device=self.device)[None, :] <= query
             ctx.prefills.append(segment)
+        if self.states is not None:
+            ctx.states = self.pending = self.states.step(step.state_decode, step.state_prefills)
         return self._tensor(step.ids), self._tensor(step.positions), ctx
 
     def prepare(
@@ -122,8 +137,6 @@ class ModelRunner:
         step, sampled = self.describe(plan)
         ids, positions, ctx = self.build(step)
         ctx.media = step_media(self.model, plan, self.device)
-        if self.states is not None:
-            ctx.states = self.pending = self.states.step(plan)
         return ids, positions, ctx, step.rows, sampled
 
     @torch.inference_mode()

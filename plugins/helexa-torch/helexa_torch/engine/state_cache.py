@@ -33,10 +33,17 @@ class StateBudget:
     """Also snapshot every this many prompt tokens (a block-size multiple); 0: only the last boundary."""
 
 
+StateOp = tuple
+"""A write to the state slots, as plain data: ``("zero", slot)``, ``("copy", source, target)`` or
+``("commit", [(segment, offset, slot), ...])`` (a step's staged states, and the snapshots kept)."""
+
+
 class StateCache:
-    def __init__(self, model, blocks: HybridBlockManager, dtype: torch.dtype, device: torch.device) -> None:
-        rows = blocks.budget.slots + blocks.budget.snapshots
+    def __init__(
+        self, model, rows: int, dtype: torch.dtype, device: torch.device, blocks: HybridBlockManager | None
+    ) -> None:
         self.blocks = blocks
+        """The engine's block manager; None on a tensor-parallel worker, which replays rank 0's writes."""
         self.device = device
         self.conv: list[torch.Tensor] = []
         self.recurrent: list[torch.Tensor] = []
@@ -44,7 +51,11 @@ class StateCache:
             conv, recurrent = layer.state_shapes()
             self.conv.append(torch.zeros((rows, *conv), dtype=dtype, device=device))
             self.recurrent.append(torch.zeros((rows, *recurrent), dtype=torch.float32, device=device))
-        blocks.states = self
+        self.journal: list[StateOp] | None = None
+        """Rank 0 of a tensor-parallel model: the slot writes since the last step, which the other
+        ranks replay on their own heads' states before they run the next one (see `ranks`)."""
+        if blocks is not None:
+            blocks.states = self
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.conv[index], self.recurrent[index]
@@ -53,22 +64,33 @@ class StateCache:
         for conv, recurrent in zip(self.conv, self.recurrent, strict=True):
             conv[slot].zero_()
             recurrent[slot].zero_()
+        if self.journal is not None:
+            self.journal.append(("zero", slot))
 
     def copy(self, source: int, target: int) -> None:
         for conv, recurrent in zip(self.conv, self.recurrent, strict=True):
             conv[target].copy_(conv[source])
             recurrent[target].copy_(recurrent[source])
+        if self.journal is not None:
+            self.journal.append(("copy", source, target))
 
-    def step(self, plan: Plan) -> StateStep:
-        """What the layers of one forward need: each sequence's slot and where to snapshot its prompt."""
+    def describe(self, plan: Plan) -> tuple[list[int], list[tuple[int, list[int]]]]:
+        """The slot of each decoding sequence, and of each prompt chunk with the offsets to snapshot at."""
         slot_of = self.blocks.slot_of
-        step = StateStep(self, self._tensor([slot_of[seq] for seq in plan.decode]))
+        prefills = []
         for seq, chunk in plan.prefill:
-            slot = slot_of[seq]
+            start = seq.num_computed
+            offsets = [p - start for p in self.blocks.snapshot_points(seq, start, chunk)]
+            prefills.append((slot_of[seq], offsets))
+        return [slot_of[seq] for seq in plan.decode], prefills
+
+    def step(self, decode: list[int], prefills: list[tuple[int, list[int]]]) -> StateStep:
+        """What the layers of one forward need (from `describe`'s plain data)."""
+        step = StateStep(self, self._tensor(decode))
+        for slot, offsets in prefills:
             step.prefill_slots.append(slot)
             step.prefill_slot_tensors.append(self._tensor([slot]))
-            start = seq.num_computed
-            step.snapshot_offsets.append([p - start for p in self.blocks.snapshot_points(seq, start, chunk)])
+            step.snapshot_offsets.append(offsets)
         return step
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
@@ -77,17 +99,36 @@ class StateCache:
     @torch.no_grad()
     def commit(self, plan: Plan, step: StateStep) -> None:
         """Write the step's new states into their slots and keep the snapshots it took."""
+        kept = []
+        for segment, offset in step.captures:
+            seq = plan.prefill[segment][0]
+            slot = self.blocks.keep_snapshot(seq, seq.num_computed + offset)
+            if slot is not None:
+                kept.append((segment, offset, slot))
+        self.write(step, kept)
+        if self.journal is not None:
+            self.journal.append(("commit", kept))
+
+    @torch.no_grad()
+    def write(self, step: StateStep, kept: list[tuple[int, int, int]]) -> None:
+        """The tensor side of `commit`: staged states into their slots, captures into snapshot slots."""
         for index, slots, conv, recurrent in step.staged:
             self.conv[index].index_copy_(0, slots, conv.to(self.conv[index].dtype))
             self.recurrent[index].index_copy_(0, slots, recurrent.float())
-        for (segment, offset), layers in step.captures.items():
-            seq = plan.prefill[segment][0]
-            slot = self.blocks.keep_snapshot(seq, seq.num_computed + offset)
-            if slot is None:
-                continue
-            for index, (conv, recurrent) in layers.items():
+        for segment, offset, slot in kept:
+            for index, (conv, recurrent) in step.captures[(segment, offset)].items():
                 self.conv[index][slot].copy_(conv)
                 self.recurrent[index][slot].copy_(recurrent)
+
+    def replay(self, ops: list[StateOp], pending: StateStep | None) -> None:
+        """Do rank 0's slot writes (its journal) here; ``pending`` is the last step this rank ran."""
+        for op in ops:
+            if op[0] == "zero":
+                self.zero(op[1])
+            elif op[0] == "copy":
+                self.copy(op[1], op[2])
+            else:
+                self.write(pending, op[1])
 
 
 @dataclass
