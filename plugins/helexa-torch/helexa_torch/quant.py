@@ -4,8 +4,9 @@
 columns above 6.0 computed in full precision); ``quant = "bnb-nf4"`` is 4-bit NormalFloat with
 double quantization (the per-block scales are quantized too) and the model's ``dtype`` as
 the compute dtype. Both quantize the linear layers of the decoder layers (attention
-projections, MLPs, MoE routers); embeddings, norms, stacked MoE experts and the LM head stay in
-the compute dtype, as transformers' ``BitsAndBytesConfig`` leaves them.
+projections, MLPs, shared-expert gates); embeddings, norms, MoE routers, stacked MoE experts and
+the LM head stay in the compute dtype, as transformers' ``BitsAndBytesConfig`` leaves them (a
+router is tiny, and rounding it changes which experts a token goes to).
 
 The full-precision model never exists: a linear layer is a `Deferred` placeholder (shape, bias,
 no weight) until every checkpoint tensor that fills its weight has arrived (q, k and v for a
@@ -133,7 +134,10 @@ def defer_linears(model: nn.Module) -> int:
     for name, module in list(layers.named_modules()):
         if isinstance(module, nn.Linear):
             parent, _, attr = name.rpartition(".")
-            setattr(layers.get_submodule(parent) if parent else layers, attr, Deferred(module))
+            owner = layers.get_submodule(parent) if parent else layers
+            if attr == "gate" and hasattr(owner, "experts"):
+                continue  # an MoE router
+            setattr(owner, attr, Deferred(module))
             swapped += 1
     return swapped
 
@@ -186,7 +190,7 @@ def load_quantized(
     params = dict(model.named_parameters())
     staged: dict[str, torch.Tensor] = {}
     filled: dict[str, set] = {}
-    for name, tensor in weights:
+    for name, tensor in model.prepare_weights(weights):
         if model.skip(name):
             continue
         target, key = model.route(name)

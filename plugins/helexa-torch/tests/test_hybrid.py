@@ -77,22 +77,28 @@ def test_chunked_prompt_logits_match_transformers(loaded):
     ids = prompt(1, 70, hf.config.vocab_size)
     with torch.no_grad():
         expected = hf(torch.tensor([ids])).logits[0]
-    model = engine_of(harness).runner.model
+    # Two prefill chunks: the second resumes from the staged states.
+    logits = single_prompt_logits(engine_of(harness).runner.model, ids, chunks=(30, 40))
+    # Relative to the logits' scale: splitting the chunked delta rule at another point reorders fp32 sums.
+    scale = max(1.0, expected.abs().max().item())
+    assert (logits - expected).abs().max().item() < 1e-4 * scale
+
+
+def single_prompt_logits(model, ids: list[int], chunks: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Every position's logits for one prompt, prefilled in ``chunks`` on a runner of our own."""
     blocks = HybridBlockManager(32, 4, StateBudget(slots=1, snapshots=1))
     runner = ModelRunner(model, 32, 4, torch.float32, torch.device("cpu"), blocks)  # not the engine's
     seq = Sequence("p", list(ids), SamplingParams(max_tokens=1), emit=lambda *_: None)
     blocks.allocate(seq)
     logits = []
-    for chunk in (30, 40):  # two prefill chunks: the second resumes from the staged states
+    for chunk in chunks or (len(ids),):
         plan = Plan(prefill=[(seq, chunk)])
         ids_t, positions, ctx, _, _ = runner.prepare(plan)
         with torch.inference_mode():
             logits.append(model.compute_logits(model(ids_t, positions, ctx, runner.caches)))
         runner.commit(plan)
         seq.num_computed += chunk
-    # Relative to the logits' scale: splitting the chunked delta rule at another point reorders fp32 sums.
-    scale = max(1.0, expected.abs().max().item())
-    assert (torch.cat(logits) - expected).abs().max().item() < 1e-4 * scale
+    return torch.cat(logits)
 
 
 def test_concurrent_greedy_matches_generate(loaded):

@@ -133,13 +133,21 @@ class CausalLM(nn.Module):
     def skip(self, name: str) -> bool:
         return "rotary_emb" in name or (self.tied and name == "lm_head.weight")
 
+    def prepare_weights(
+        self, weights: Iterable[tuple[str, torch.Tensor]]
+    ) -> Iterable[tuple[str, torch.Tensor]]:
+        """The checkpoint's tensors as this class routes them; an architecture whose checkpoints
+        store a layout of their own rewrites it here, so every loader (plain, quantized, a shard's)
+        sees the same names."""
+        return weights
+
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors in one at a time; a missing or unknown weight is an error."""
         params = dict(self.named_parameters())
         modules = dict(self.named_modules())
         loaded: dict[str, set] = {}
-        for name, tensor in weights:
+        for name, tensor in self.prepare_weights(weights):
             if self.skip(name):
                 continue
             target, key = self.route(name)

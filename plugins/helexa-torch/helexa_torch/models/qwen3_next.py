@@ -37,8 +37,10 @@ class Qwen3NextForCausalLM(HybridCausalLM):
             shared_size=config.shared_expert_intermediate_size,
         )
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        super().load_weights(_ungroup(weights, text_config(self.config)))
+    def prepare_weights(
+        self, weights: Iterable[tuple[str, torch.Tensor]]
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        return _ungroup(weights, text_config(self.config))
 
 
 def _ungroup(weights: Iterable[tuple[str, torch.Tensor]], config) -> Iterator[tuple[str, torch.Tensor]]:
