@@ -7,6 +7,10 @@ reference PyTorch kernels: serving the streams one after another (what a server 
 prompt cold and again with a prefix hit (its recurrent states restored from a snapshot).
 Prints one JSON object; the ratios are measured side by side in one run.
 
+On a CPU, decoding 16 streams is bound by the linear layers' arithmetic, not by memory, so the
+script also times those matmuls alone (every linear layer of the model, at the batch's rows) and
+reports the ceiling they put on any engine: ``matmul_ceiling_tok_s_N`` and the ratio it allows.
+
     .venv/bin/python benchmarks/hybrid_throughput.py --hidden 512 --layers 8 --tokens 32
 """
 
@@ -78,6 +82,26 @@ def hf_seconds(hf, prompts: list[list[int]], tokens: int) -> float:
     return time.perf_counter() - start
 
 
+def matmul_ceiling(hf, streams: int, prompt: int, tokens: int) -> float:
+    """Tokens/s if a run took only its linear layers' time: one prefill of every prompt, then one
+    ``streams``-row matmul per layer for each further token (weights read from memory each time)."""
+    weights = [m.weight for m in hf.modules() if isinstance(m, torch.nn.Linear)]
+
+    def seconds(rows: int) -> float:
+        inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+        with torch.no_grad():
+            for w in weights:  # warm-up
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
+            start = time.perf_counter()
+            for _ in range(3):
+                for w in weights:
+                    torch.nn.functional.linear(inputs[w.shape[1]], w)
+        return (time.perf_counter() - start) / 3
+
+    total = seconds(streams * prompt) + (tokens - 1) * seconds(streams)
+    return streams * tokens / total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hidden", type=int, default=256)
@@ -116,6 +140,11 @@ def main() -> None:
             batch = hf_seconds(hf, prompts[:streams], args.tokens)
             result[f"transformers_static_batch_tok_s_{streams}"] = round(streams * args.tokens / batch, 1)
             result[f"ratio_{streams}_vs_static_batch"] = round(batch / ours_s, 2)
+            ceiling = matmul_ceiling(hf, streams, args.prompt, args.tokens)
+            result[f"matmul_ceiling_tok_s_{streams}"] = round(ceiling, 1)
+            result[f"ceiling_ratio_{streams}_vs_sequential"] = round(
+                ceiling * sequential / (streams * args.tokens), 2
+            )
     long = torch.randint(10, 4096, (args.long,), generator=g).tolist()
     _, cold = timed_run(engine, [long], 1)
     _, hit = timed_run(engine, [long], 1)

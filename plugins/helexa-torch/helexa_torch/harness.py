@@ -37,7 +37,7 @@ from helexa_torch import sharding
 from helexa_torch.engine.constraints import GrammarBook
 from helexa_torch.engine.engine import Engine, Output, deliver_each
 from helexa_torch.engine.sequence import Sequence
-from helexa_torch.engine.state_cache import plan_states
+from helexa_torch.engine.state_cache import StateBudget, plan_states
 from helexa_torch.images import ImagePrompts
 from helexa_torch.loading import Checkpoint, locate, open_checkpoint
 from helexa_torch.models.causal_lm import CausalLM, kv_bytes_per_token
@@ -305,7 +305,7 @@ class TorchHarness:
                     num_blocks,
                     block_size,
                     quantization,
-                    states.slots + states.snapshots if states else 0,
+                    states,
                 )
             except BaseException:
                 self.context.ledger.release(spec.model_id)
@@ -420,7 +420,7 @@ class TorchHarness:
         num_blocks: int,
         block_size: int,
         quantization: quantize.Quantization | None = None,
-        state_rows: int = 0,
+        states: StateBudget | None = None,
     ) -> RankGroup:
         """Spawn the worker ranks; they load their shards while this thread builds rank 0."""
         timeout = float(self.context.options.get("tp_timeout_s", spec.options.get("tp_timeout_s", 300)))
@@ -441,7 +441,7 @@ class TorchHarness:
                 threads=threads,
                 store_port=port,
                 timeout_s=timeout,
-                state_rows=state_rows,
+                states=states,
             )
 
         return RankGroup(spec_for)

@@ -44,6 +44,7 @@ from helexa_torch import sharding
 from helexa_torch.engine.runner import ModelRunner, Step
 from helexa_torch.engine.scheduler import Plan
 from helexa_torch.engine.sequence import Sequence
+from helexa_torch.engine.state_cache import StateBudget
 from helexa_torch.models.causal_lm import CausalLM
 
 log = logging.getLogger("helexa.torch.ranks")
@@ -79,8 +80,8 @@ class RankSpec:
     """CPU threads of each rank."""
     store_port: int
     timeout_s: float
-    state_rows: int = 0
-    """Hybrid models: state-cache slots (running sequences plus prefix snapshots), as rank 0 has."""
+    states: StateBudget | None = None
+    """Hybrid models: the state cache's slots and snapshots, as rank 0 has them."""
 
     @property
     def size(self) -> int:
@@ -160,9 +161,7 @@ def worker_main(spec: RankSpec, rank: int, conn: Connection) -> None:
         conn.send(("loaded", quantize.resident_bytes(model)))
         attach = connect(spec, rank)
         sharding.attach_reducers(model, reducer(attach))
-        runner = ModelRunner(
-            model, spec.num_blocks, spec.block_size, spec.dtype, device, state_rows=spec.state_rows
-        )
+        runner = ModelRunner(model, spec.num_blocks, spec.block_size, spec.dtype, device, states=spec.states)
     except BaseException as exc:
         traceback.print_exc()
         conn.send(("error", f"{type(exc).__name__}: {exc}"))

@@ -10,7 +10,7 @@ from helexa_torch.engine.block_manager import BlockManager
 from helexa_torch.engine.media import step_media
 from helexa_torch.engine.scheduler import Plan
 from helexa_torch.engine.sequence import Sequence
-from helexa_torch.engine.state_cache import StateCache, StateStep
+from helexa_torch.engine.state_cache import StateBudget, StateCache, StateStep
 from helexa_torch.models.causal_lm import CausalLM
 from helexa_torch.models.context import KVCache, PrefillSegment, StepContext
 
@@ -47,7 +47,7 @@ class ModelRunner:
         dtype: torch.dtype,
         device: torch.device,
         blocks: BlockManager | None = None,
-        state_rows: int | None = None,
+        states: StateBudget | None = None,
     ) -> None:
         self.model = model
         self.block_size = block_size
@@ -63,10 +63,9 @@ class ModelRunner:
         self.pending: StateStep | None = None
         if getattr(model, "linear_layers", None):  # a hybrid model: its recurrent states live beside the KV
             if hasattr(blocks, "slot_of"):
-                rows = blocks.budget.slots + blocks.budget.snapshots
-                self.states = StateCache(model, rows, dtype, device, blocks)
-            elif state_rows:  # a tensor-parallel worker: rank 0's block manager decides every slot
-                self.states = StateCache(model, state_rows, dtype, device, None)
+                self.states = StateCache(model, blocks.budget, dtype, device, blocks)
+            elif states:  # a tensor-parallel worker: rank 0's block manager decides every slot
+                self.states = StateCache(model, states, dtype, device, None)
             else:
                 raise ValueError("a hybrid model needs the engine's state cache (a HybridBlockManager)")
 

@@ -9,6 +9,9 @@ rest hold prefix snapshots (the states at a prompt's block boundary, see `hybrid
 A step never writes a running sequence's states in place. Layers read them, stage the new
 ones on the step's `StateStep`, and the engine's commit writes them back, so a step that
 fails can be retried (or bisected) from the same states, as it can with the KV cache.
+Decoding sequences' recurrent states are staged in a buffer of one row per running slot,
+allocated with the cache: the copy a step updates would otherwise be a fresh allocation of the
+states' size in every layer of every step (on a CPU, megabytes of page faults per layer).
 """
 
 from __future__ import annotations
@@ -40,17 +43,26 @@ StateOp = tuple
 
 class StateCache:
     def __init__(
-        self, model, rows: int, dtype: torch.dtype, device: torch.device, blocks: HybridBlockManager | None
+        self,
+        model,
+        budget: StateBudget,
+        dtype: torch.dtype,
+        device: torch.device,
+        blocks: HybridBlockManager | None,
     ) -> None:
         self.blocks = blocks
         """The engine's block manager; None on a tensor-parallel worker, which replays rank 0's writes."""
         self.device = device
+        rows = budget.slots + budget.snapshots
         self.conv: list[torch.Tensor] = []
         self.recurrent: list[torch.Tensor] = []
+        self.staging: list[torch.Tensor] = []
+        """Per layer, the decoding sequences' new recurrent states until the step commits."""
         for layer in model.linear_layers:
             conv, recurrent = layer.state_shapes()
             self.conv.append(torch.zeros((rows, *conv), dtype=dtype, device=device))
             self.recurrent.append(torch.zeros((rows, *recurrent), dtype=torch.float32, device=device))
+            self.staging.append(torch.empty((budget.slots, *recurrent), dtype=torch.float32, device=device))
         self.journal: list[StateOp] | None = None
         """Rank 0 of a tensor-parallel model: the slot writes since the last step, which the other
         ranks replay on their own heads' states before they run the next one (see `ranks`)."""
@@ -59,6 +71,11 @@ class StateCache:
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.conv[index], self.recurrent[index]
+
+    def gather_recurrent(self, index: int, slots: torch.Tensor) -> torch.Tensor:
+        """Layer ``index``'s recurrent states of ``slots``, copied into its staging buffer."""
+        staged = self.staging[index][: len(slots)]
+        return torch.index_select(self.recurrent[index], 0, slots, out=staged)
 
     def zero(self, slot: int) -> None:
         for conv, recurrent in zip(self.conv, self.recurrent, strict=True):
@@ -150,6 +167,9 @@ class StateStep:
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cache.layer(index)
 
+    def gather_recurrent(self, index: int, slots: torch.Tensor) -> torch.Tensor:
+        return self.cache.gather_recurrent(index, slots)
+
     def stage(self, index: int, slots: torch.Tensor, conv: torch.Tensor, recurrent: torch.Tensor) -> None:
         self.staged.append((index, slots, conv, recurrent))
 
@@ -171,13 +191,13 @@ def plan_states(
     from helexa.errors import ApiError
     from helexa_torch.models.hybrid import state_bytes_per_sequence
 
-    per_state = state_bytes_per_sequence(model, dtype)
+    per_state, recurrent = state_bytes_per_sequence(model, dtype)
     slots = int(options.get("state_slots") or max_num_seqs)
     snapshots = int(options.get("state_snapshots", slots))
     interval = int(options.get("state_snapshot_interval", 0))
     if slots < 1 or snapshots < 0 or interval < 0:
         raise ApiError(400, "state_slots must be >= 1, state_snapshots and interval >= 0", param="options")
-    total = per_state * (slots + snapshots)
+    total = per_state * (slots + snapshots) + recurrent * slots  # and the decode staging buffer
     if total >= kv_bytes:
         raise ApiError(
             422,

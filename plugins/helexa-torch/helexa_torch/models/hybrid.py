@@ -173,11 +173,13 @@ class HybridCausalLM(CausalLM):
         return super().skip(name) or name.startswith(("mtp.", "model.visual.", "visual."))
 
 
-def state_bytes_per_sequence(model: HybridCausalLM, dtype: torch.dtype) -> int:
-    """Bytes of one sequence's states: conv in the model's dtype, recurrent in float32 (it accumulates)."""
+def state_bytes_per_sequence(model: HybridCausalLM, dtype: torch.dtype) -> tuple[int, int]:
+    """Bytes of one sequence's states (conv in the model's dtype, recurrent in float32, as it
+    accumulates), and of the recurrent part alone."""
     size = torch.empty((), dtype=dtype).element_size()
-    total = 0
+    conv_bytes = recurrent_bytes = 0
     for layer in model.linear_layers:
         conv, recurrent = layer.state_shapes()
-        total += conv[0] * conv[1] * size + recurrent[0] * recurrent[1] * recurrent[2] * 4
-    return total
+        conv_bytes += conv[0] * conv[1] * size
+        recurrent_bytes += recurrent[0] * recurrent[1] * recurrent[2] * 4
+    return conv_bytes + recurrent_bytes, recurrent_bytes
