@@ -41,6 +41,7 @@ import torch
 
 from helexa_torch import quant as quantize
 from helexa_torch import sharding
+from helexa_torch.engine.media import step_media
 from helexa_torch.engine.runner import ModelRunner, Step
 from helexa_torch.engine.scheduler import Plan
 from helexa_torch.engine.sequence import Sequence
@@ -152,6 +153,8 @@ def worker_main(spec: RankSpec, rank: int, conn: Connection) -> None:
             torch.cuda.set_device(device)
         shard = sharding.plan(spec.config, rank, spec.size)
         model = build_shard(spec.config, spec.architecture, shard, device, spec.max_len).to(spec.dtype)
+        if getattr(model, "vision", False):
+            model.drop_tower()  # rank 0 runs it and sends the embeddings with each step
         if spec.quantization is not None:
             quantize.defer_linears(model)
         checkpoint = open_checkpoint(Path(spec.path), spec.gguf_quant)
@@ -333,6 +336,8 @@ class TensorParallelRunner(ModelRunner):
         step, sampled = self.describe(plan)
         if self.states is not None:
             step.state_ops, self.states.journal = self.states.journal, []
+        media = step_media(self.model, plan, self.device)  # a vision model's tower runs here alone
+        step.media = None if media is None else media.to("cpu")
         self.group.send(step)
         ids, positions, ctx = self.build(step)
         try:

@@ -26,7 +26,8 @@ stream in (`shard_weights`), so a rank never holds more than its own weights plu
 
 A forward hook on each layer's token mixer (attention or linear attention) and MLP sums their
 partial outputs across ranks: one all-reduce after each. A single-rank model has no hooks.
-Models that read images are refused: their vision tower would run on rank 0 alone.
+A vision model's tower is not split: rank 0 holds it whole and runs it once per image, and its
+embeddings travel to the workers with the step (`engine.runner.Step.media`); workers skip its weights.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def plan(config, rank: int, size: int) -> ShardPlan:
 
 def check_layers(model: nn.Module, architecture: str) -> None:
     """Refuse a model whose layers are not our attention, linear-attention and MLP blocks (fallback,
-    third party), or that reads images (its vision tower runs on rank 0 alone)."""
+    third party)."""
     layers = getattr(getattr(model, "model", None), "layers", None)
     splittable = layers is not None and all(
         isinstance(_mixer(layer), Attention | GatedAttention | GatedDeltaNet)
@@ -142,11 +143,6 @@ def check_layers(model: nn.Module, architecture: str) -> None:
         raise refuse(
             f"{architecture} cannot be split across tensor-parallel ranks (only models made of attention, "
             "linear-attention and MLP or MoE blocks can); load it with tensor_parallel=1"
-        )
-    if getattr(model, "vision", False):
-        raise refuse(
-            f"{architecture} reads images, and its vision tower cannot be split across tensor-parallel "
-            "ranks; load it with tensor_parallel=1"
         )
 
 
@@ -189,6 +185,9 @@ def shard_weights(
     q_full, kv_full = shard.heads * q_head, shard.kv_heads * shard.head_dim
     for name, tensor in weights:
         target, key = model.route(name)
+        if target.startswith("visual."):  # a vision tower: whole, on rank 0 (workers skip it)
+            yield name, tensor
+            continue
         owner, _, leaf = target.rpartition(".")
         kind = owner.rpartition(".")[2]
         if kind == "qkv_proj":

@@ -216,12 +216,42 @@ def test_a_split_the_model_cannot_take_is_refused_by_name(neuron):
     assert error["param"] == "tensor_parallel" and error["code"] == "tensor_parallel_unsupported"
     assert "1 linear-attention key heads" in error["message"]
     assert status(url, "hybrid/tp2")["status"] == "failed"
-    save_vision_checkpoint(root / "vl")  # its vision tower would run on rank 0 alone
-    response = load(url, "vl/tp2", root / "vl", 2)
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert error["param"] == "tensor_parallel" and "reads images" in error["message"]
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+@pytest.mark.slow
+def test_a_vision_model_split_in_two_answers_images_as_one_rank_does(neuron):
+    # Rank 0 runs the vision tower; the worker gets the image embeddings with each step.
+    from test_vision import PICTURES, expected_text, messages
+
+    url, root, node = neuron
+    vl = save_vision_checkpoint(root / "vl")
+    for ranks in (1, 2):
+        response = load(url, f"vl/tp{ranks}", root / "vl", ranks, block_size=4, max_batched_tokens=16)
+        assert response.status_code == 200, response.text
+    assert len(workers(node, "vl/tp2")) == 1
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=300)
+
+    def ask(model: str, image: bytes):
+        answer = client.chat.completions.create(
+            model=model,
+            messages=messages(image, openai_style=True),
+            max_tokens=8,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=5,
+        )
+        steps = answer.choices[0].logprobs.content
+        return answer.choices[0].message.content, [
+            {t.token: t.logprob for t in s.top_logprobs} for s in steps
+        ]
+
+    for name, image in PICTURES.items():
+        (text, two), (_, one) = ask("vl/tp2", image), ask("vl/tp1", image)
+        assert text == expected_text(vl, image, 8), name
+        assert [list(step) for step in two] == [list(step) for step in one]
+        worst = max(abs(a[t] - b[t]) for a, b in zip(two, one, strict=True) for t in a)
+        assert worst < 1e-4, (name, worst)
 
 
 @pytest.mark.slow

@@ -75,6 +75,14 @@ class StepMedia:
     embeds: torch.Tensor | None = None
     """[rows, hidden]: their embeddings."""
 
+    def to(self, device: torch.device | str) -> StepMedia:
+        """The same inputs on ``device`` (a tensor-parallel step sends them to its workers on the CPU)."""
+        return StepMedia(
+            positions=self.positions.to(device),
+            rows=None if self.rows is None else self.rows.to(device),
+            embeds=None if self.embeds is None else self.embeds.to(device),
+        )
+
 
 def step_media(model, plan: Plan, device: torch.device) -> StepMedia | None:
     """The step's image inputs, running the vision tower for prompts that have not been through it.

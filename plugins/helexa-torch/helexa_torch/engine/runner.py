@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from helexa_torch.engine.block_manager import BlockManager
-from helexa_torch.engine.media import step_media
+from helexa_torch.engine.media import StepMedia, step_media
 from helexa_torch.engine.scheduler import Plan
 from helexa_torch.engine.sequence import Sequence
 from helexa_torch.engine.state_cache import StateBudget, StateCache, StateStep
@@ -36,6 +36,8 @@ class Step:
     """Hybrid models: the state slot of each prompt chunk, and the offsets to snapshot its states at."""
     state_ops: list[tuple] = field(default_factory=list)
     """Hybrid models on several ranks: rank 0's state-slot writes since the last step (its journal)."""
+    media: StepMedia | None = None
+    """Vision models: the step's multimodal positions and image embeddings (the tower runs on rank 0)."""
 
 
 class ModelRunner:
@@ -128,14 +130,16 @@ class ModelRunner:
             ctx.prefills.append(segment)
         if self.states is not None:
             ctx.states = self.pending = self.states.step(step.state_decode, step.state_prefills)
+        if step.media is not None:
+            ctx.media = step.media.to(self.device)
         return self._tensor(step.ids), self._tensor(step.positions), ctx
 
     def prepare(
         self, plan: Plan
     ) -> tuple[torch.Tensor, torch.Tensor, StepContext, list[int], list[Sequence]]:
         step, sampled = self.describe(plan)
+        step.media = step_media(self.model, plan, self.device)
         ids, positions, ctx = self.build(step)
-        ctx.media = step_media(self.model, plan, self.device)
         return ids, positions, ctx, step.rows, sampled
 
     @torch.inference_mode()

@@ -98,7 +98,7 @@ class VisionLanguage:
     def materialize(self, device: torch.device):
         """As the language model, but the tower is rebuilt on ``device`` (uninitialised): its
         rotary frequencies are buffers that only its constructor computes."""
-        if not self.vision:
+        if not self.vision or self.visual is None:
             return super().materialize(device)
         from transformers import AutoModel
         from transformers.initialization import no_init_weights
@@ -109,6 +109,10 @@ class VisionLanguage:
         with no_init_weights(), torch.device(device):
             built.visual = AutoModel.from_config(self.vision_config, attn_implementation="sdpa", dtype=dtype)
         return built
+
+    def drop_tower(self) -> None:
+        """Serve without the tower (a tensor-parallel worker: rank 0 runs it); its weights are skipped."""
+        self.visual = None
 
     def encode_images(self, pixel_values: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
         """The tower's embeddings [image tokens, hidden] for every image, in order."""
@@ -134,5 +138,5 @@ class VisionLanguage:
 
     def skip(self, name: str) -> bool:
         if self.vision and name.startswith("model.visual."):
-            return False
+            return self.visual is None
         return super().skip(name)
