@@ -21,6 +21,7 @@ from helexa_torch.engine.runner import ModelRunner
 from helexa_torch.engine.scheduler import Plan
 from helexa_torch.engine.sequence import Sequence
 from helexa_torch.engine.state_cache import StateBudget
+from helexa_torch.models.gated_deltanet import chunked_delta_rule, chunked_delta_rule_batch
 
 SMALL = dict(
     hidden_size=64,
@@ -231,3 +232,26 @@ def test_snapshot_interval_lets_a_shared_system_prompt_hit(qwen3_5):
         assert b.output_ids == hf_greedy(qwen3_5, second, 6)
     finally:
         engine.stop()
+
+
+def test_prompts_batched_through_the_delta_rule_come_out_as_one_at_a_time():
+    # What one step of many prompts computes must not depend on which prompts it shares a batch with.
+    g = torch.Generator().manual_seed(3)
+
+    def piece(length: int) -> tuple[torch.Tensor, ...]:
+        return (
+            torch.randn(length, 2, 8, generator=g),  # q: two key heads
+            torch.randn(length, 2, 8, generator=g),  # k
+            torch.randn(length, 4, 8, generator=g),  # v: four value heads
+            -torch.rand(length, 4, generator=g),  # g (log decay)
+            torch.rand(length, 4, generator=g),  # beta
+            torch.randn(4, 8, 8, generator=g) * 0.1,  # the state so far
+        )
+
+    pieces = [piece(n) for n in (5, 16, 9, 70, 128)]
+    together = chunked_delta_rule_batch(pieces)
+    for inputs, (out, state) in zip(pieces, together, strict=True):
+        alone_out, alone_state = chunked_delta_rule(*inputs)
+        assert out.shape == alone_out.shape
+        assert (out - alone_out).abs().max().item() < 1e-5
+        assert (state - alone_state).abs().max().item() < 1e-5

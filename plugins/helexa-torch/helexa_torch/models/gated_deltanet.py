@@ -16,6 +16,8 @@ The pure-PyTorch functions here follow transformers' reference implementation st
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,9 +52,12 @@ def chunked_delta_rule(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One sequence: ``q/k [L, hk, dk]``, ``v [L, hv, dv]``, ``g/beta [L, hv]``, ``state [hv, dk, dv]``.
 
-    Returns the outputs ``[L, hv, dv]`` (float32) and the state after the last token.
+    Returns the outputs ``[L, hv, dv]`` (float32) and the state after the last token. A prompt
+    shorter than ``chunk`` is one chunk of the next power of two: padding a 16-token prompt to 64
+    would do sixteen times the work in the chunk's square matrices.
     """
     length = q.shape[0]
+    chunk = min(chunk, 1 << max(length - 1, 0).bit_length())
     q, k, v, g, beta = _prepare(q, k, v, g, beta)
     q, k, v = (x.transpose(0, 1) for x in (q, k, v))  # [heads, L, dim]
     g, beta = g.t(), beta.t()
@@ -83,6 +88,41 @@ def chunked_delta_rule(
         state = state * chunk_decay[:, i] + k[:, i].transpose(-1, -2) @ v_new
     out = out.reshape(heads, -1, out.shape[-1])[:, :length]
     return out.transpose(0, 1), state
+
+
+def chunked_delta_rule_batch(
+    pieces: list[tuple[torch.Tensor, ...]],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`chunked_delta_rule` for several sequences' ``(q, k, v, g, beta, state)`` at once.
+
+    Each is padded at its end to the longest (zero keys, values and decay leave a state as it
+    was) and they are stacked along the head dimension, so a step that prefills many short
+    prompts runs the rule once instead of once per prompt. Give it pieces of similar lengths:
+    the padding is computed too.
+    """
+    if len(pieces) == 1:
+        return [chunked_delta_rule(*pieces[0])]
+    longest = max(piece[0].shape[0] for piece in pieces)
+
+    def stacked(i: int) -> torch.Tensor:
+        parts = [piece[i] for piece in pieces]
+        pad = (0, 0) * (parts[0].dim() - 1)
+        return torch.cat([F.pad(x, (*pad, 0, longest - x.shape[0])) for x in parts], dim=1)
+
+    q, k, v, g, beta = (stacked(i) for i in range(5))
+    out, state = chunked_delta_rule(q, k, v, g, beta, torch.cat([piece[5] for piece in pieces]))
+    heads = pieces[0][2].shape[1]
+    return [
+        (out[: piece[0].shape[0], i * heads : (i + 1) * heads], state[i * heads : (i + 1) * heads])
+        for i, piece in enumerate(pieces)
+    ]
+
+
+def padded_length(length: int) -> int:
+    """The length `chunked_delta_rule` computes for a prompt piece (pieces alike batch together)."""
+    if length <= CHUNK:
+        return 1 << max(length - 1, 0).bit_length()
+    return -(-length // CHUNK) * CHUNK
 
 
 def recurrent_delta_rule(
@@ -189,9 +229,8 @@ class GatedDeltaNet(nn.Module):
             out, rec = recurrent_delta_rule(q, k, v, g[:d], beta[:d], rec)
             core[:d] = out.to(x.dtype)
             states.stage(self.state_index, slots, window[..., 1:], rec)
-        for index, segment in enumerate(ctx.prefills):
-            span = slice(segment.start, segment.start + segment.length)
-            core[span] = self._prefill(qkv[span], g[span], beta[span], weight, states, index, x.dtype)
+        if ctx.prefills:
+            self._prefill(ctx, qkv, g, beta, weight, core)
         out = self.norm(core, z.view(n, self.v_heads, self.v_dim)).view(n, -1)
         return self.out_proj(out)
 
@@ -204,25 +243,60 @@ class GatedDeltaNet(nn.Module):
             v.view(*shape, self.v_heads, self.v_dim),
         )
 
-    def _prefill(self, qkv, g, beta, weight, states, index: int, dtype: torch.dtype) -> torch.Tensor:
+    def _prefill(self, ctx: StepContext, qkv, g, beta, weight, core: torch.Tensor) -> None:
+        """The step's prompt chunks into ``core``: the convolution per chunk, then the delta rule
+        for all of them together, split where a snapshot is wanted so the recurrent state at
+        each such block boundary comes out exactly."""
+        states = ctx.states
         conv_cache, rec_cache = states.layer(self.state_index)
-        slot = states.prefill_slots[index]
-        window = torch.cat((conv_cache[slot], qkv.t().to(conv_cache.dtype)), dim=-1)  # [channels, K-1+L]
-        conv = F.conv1d(window[None], weight[:, None, :], groups=self.conv_dim)[0]
-        q, k, v = self._heads(self.act(conv).t().to(dtype))
-        rec = rec_cache[slot]
-        outputs, begin = [], 0
-        # Split at the wanted snapshots so the recurrent state at each boundary comes out exactly.
-        stops = [*((offset, True) for offset in states.snapshot_offsets[index]), (q.shape[0], False)]
-        for offset, snapshot in stops:
-            if offset > begin:
-                piece = slice(begin, offset)
-                out, rec = chunked_delta_rule(q[piece], k[piece], v[piece], g[piece], beta[piece], rec)
-                outputs.append(out)
-                begin = offset
-            if snapshot:
-                conv_state = window[:, offset : offset + self.kernel - 1]
-                states.capture(self.state_index, index, offset, conv_state, rec)
-        tail = window[:, window.shape[1] - (self.kernel - 1) :]
-        states.stage(self.state_index, states.prefill_slot_tensors[index], tail[None], rec[None])
-        return torch.cat(outputs).to(dtype)
+        prompts = []
+        for index, segment in enumerate(ctx.prefills):
+            span = slice(segment.start, segment.start + segment.length)
+            slot = states.prefill_slots[index]
+            window = torch.cat((conv_cache[slot], qkv[span].t().to(conv_cache.dtype)), dim=-1)
+            conv = F.conv1d(window[None], weight[:, None, :], groups=self.conv_dim)[0]
+            q, k, v = self._heads(self.act(conv).t().to(core.dtype))
+            stops = [*((offset, True) for offset in states.snapshot_offsets[index]), (len(q), False)]
+            inputs = (q, k, v, g[span], beta[span])
+            prompts.append(_Prompt(index, span, window, inputs, rec_cache[slot], stops))
+        pending = prompts
+        while pending:  # each round takes every prompt to its next stop
+            rounds = [(prompt, *prompt.stops.pop(0)) for prompt in pending]
+            alike: dict[int, list[tuple[_Prompt, int]]] = {}
+            for prompt, offset, _ in rounds:
+                if offset > prompt.begin:
+                    alike.setdefault(padded_length(offset - prompt.begin), []).append((prompt, offset))
+            for group in alike.values():
+                pieces = [(*(x[p.begin : end] for x in p.inputs), p.state) for p, end in group]
+                for (prompt, _), (out, state) in zip(group, chunked_delta_rule_batch(pieces), strict=True):
+                    prompt.outputs.append(out)
+                    prompt.state = state
+            for prompt, offset, snapshot in rounds:
+                prompt.begin = offset
+                if snapshot:
+                    conv_state = prompt.window[:, offset : offset + self.kernel - 1]
+                    states.capture(self.state_index, prompt.index, offset, conv_state, prompt.state)
+            pending = [prompt for prompt in pending if prompt.stops]
+        for prompt in prompts:
+            core[prompt.span] = torch.cat(prompt.outputs).to(core.dtype)
+            tail = prompt.window[:, prompt.window.shape[1] - (self.kernel - 1) :]
+            slot = states.prefill_slot_tensors[prompt.index]
+            states.stage(self.state_index, slot, tail[None], prompt.state[None])
+
+
+@dataclass(eq=False)
+class _Prompt:
+    """One prompt chunk on its way through `GatedDeltaNet._prefill`."""
+
+    index: int
+    span: slice
+    window: torch.Tensor
+    """The convolution's input: the cached last inputs, then the chunk's (``[channels, K-1+L]``)."""
+    inputs: tuple[torch.Tensor, ...]
+    """q, k, v, g, beta of the whole chunk."""
+    state: torch.Tensor
+    """The recurrent state where the chunk's computation has reached (``begin``)."""
+    stops: list[tuple[int, bool]]
+    """Offsets still to reach, and whether to snapshot there."""
+    begin: int = 0
+    outputs: list[torch.Tensor] = field(default_factory=list)
