@@ -57,7 +57,7 @@ def chunked_delta_rule(
     would do sixteen times the work in the chunk's square matrices.
     """
     length = q.shape[0]
-    chunk = min(chunk, 1 << max(length - 1, 0).bit_length())
+    chunk = min(chunk, _power_of_two(length))
     q, k, v, g, beta = _prepare(q, k, v, g, beta)
     q, k, v = (x.transpose(0, 1) for x in (q, k, v))  # [heads, L, dim]
     g, beta = g.t(), beta.t()
@@ -120,9 +120,12 @@ def chunked_delta_rule_batch(
 
 def padded_length(length: int) -> int:
     """The length `chunked_delta_rule` computes for a prompt piece (pieces alike batch together)."""
-    if length <= CHUNK:
-        return 1 << max(length - 1, 0).bit_length()
-    return -(-length // CHUNK) * CHUNK
+    return _power_of_two(length) if length <= CHUNK else -(-length // CHUNK) * CHUNK
+
+
+def _power_of_two(length: int) -> int:
+    """The smallest power of two >= ``length``."""
+    return 1 << max(length - 1, 0).bit_length()
 
 
 def recurrent_delta_rule(
