@@ -139,20 +139,23 @@ def recurrent_delta_rule(
     """One token for each of a batch of sequences: ``q/k [B, hk, dk]``, ``state [B, hv, dk, dv]``.
 
     ``state`` (float32, contiguous) is updated in place and returned: pass a copy (a gather
-    from the state cache is one). Written as batched matmuls over (sequence, head) so each
-    step reads and writes the states as few times as it can: on a 2-core CPU at 16 sequences
-    this is 2.5x faster than the elementwise form, which made five temporaries of the states' size.
+    from the state cache is one). Written as batched matmuls over (sequence, head) that read
+    the states once for both products they need (``k`` and ``q`` against the old state, since
+    ``q . S_new = decay * q . S + (q . k) * delta``) and update them in place: on a 2-core CPU at
+    16 sequences this is 3x faster than the elementwise form, which made five temporaries of the
+    states' size.
     """
     q, k, v, g, beta = _prepare(q, k, v, g, beta)
     batch, heads, k_dim, v_dim = state.shape
-    flat = state.view(batch * heads, k_dim, v_dim)
-    decay = g.exp()
-    k = k.reshape(-1, 1, k_dim)
-    memory = torch.bmm(k, flat).view(batch, heads, v_dim) * decay.unsqueeze(-1)
-    delta = (v - memory) * beta.unsqueeze(-1)
-    flat.mul_(decay.view(-1, 1, 1)).baddbmm_(k.transpose(1, 2), delta.view(-1, 1, v_dim))
-    out = torch.bmm(q.reshape(-1, 1, k_dim), flat).view(batch, heads, v_dim)
-    return out, state
+    rows = batch * heads
+    flat = state.view(rows, k_dim, v_dim)
+    decay = g.exp().view(rows, 1)
+    k, q = k.reshape(rows, k_dim), q.reshape(rows, k_dim)
+    read = torch.bmm(torch.stack((k, q), dim=1), flat)  # [rows, 2, v_dim]: k.S and q.S
+    delta = (v.reshape(rows, v_dim) - read[:, 0] * decay) * beta.reshape(rows, 1)
+    out = read[:, 1] * decay + (q * k).sum(-1, keepdim=True) * delta
+    flat.mul_(decay.view(rows, 1, 1)).baddbmm_(k.unsqueeze(-1), delta.unsqueeze(1))
+    return out.view(batch, heads, v_dim), state
 
 
 class GatedRMSNorm(nn.Module):
