@@ -50,6 +50,7 @@ default_harness = "echo"
 name = "{name}"
 [http]
 header_timeout_s = 2
+keepalive_timeout_s = 2  # so that idle connections are shed before memory and files are read
 [harness.echo]
 tokens_per_second = 200
 [[simulated_devices]]
@@ -67,6 +68,7 @@ interval_s = 0.5
 unhealthy_after = 1
 [http]
 header_timeout_s = 2
+keepalive_timeout_s = 2  # so that idle connections are shed before memory and files are read
 [[neurons]]
 name = "a"
 endpoint = "http://127.0.0.1:{a}"
@@ -89,6 +91,35 @@ def resources(pid: int) -> dict[str, float]:
     status = Path(f"/proc/{pid}/status").read_text()
     rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
     return {"rss_mb": round(rss_kb / 1024, 1), "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+TCP_STATES = {"01": "established", "06": "time-wait", "08": "close-wait", "0A": "listening"}
+
+
+def open_files(pid: int) -> dict[str, int]:
+    """What a process's descriptors are: each TCP socket by its ports and state, the rest by kind,
+    so a growth in open files says what grew."""
+    sockets: dict[str, str] = {}
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+            state = TCP_STATES.get(fields[3], fields[3])
+            sockets[fields[9]] = f"tcp :{local} -> :{remote} {state}" if remote else f"tcp :{local} {state}"
+    kinds: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            target = sockets.get(target[8:-1], "socket (not tcp)")
+        elif target.startswith("/"):
+            target = "file"
+        else:
+            target = target.split(":[")[0]  # pipe, anon_inode:[eventpoll] ...
+        kinds[target] = kinds.get(target, 0) + 1
+    return dict(sorted(kinds.items()))
 
 
 def growth(start: dict[str, float], end: dict[str, float]) -> dict[str, float]:
@@ -316,13 +347,14 @@ def main() -> None:
             with helexa_process("gateway", config, f"{url}/health") as gateway:
                 assert a.process is not None
                 asyncio.run(warm_up(url, min(10.0, args.minutes * 6)))  # a tenth of the run, at most 10 s
-                time.sleep(3)  # idle sockets of the warm-up are shed
+                time.sleep(3)  # idle sockets of the warm-up are shed (keep-alive is 2 s here)
                 start = {"gateway": resources(gateway.pid), "neuron": resources(a.process.pid)}
                 began = time.monotonic()
                 traffic, kills = asyncio.run(soak(url, port, args, b))
                 elapsed = time.monotonic() - began
                 time.sleep(3)
                 end = {"gateway": resources(gateway.pid), "neuron": resources(a.process.pid)}
+                files = {"gateway": open_files(gateway.pid), "neuron": open_files(a.process.pid)}
                 alive = gateway.poll() is None and a.process.poll() is None
         finally:
             a.kill()
@@ -342,6 +374,8 @@ def main() -> None:
                 "server_errors_total": server_errors,
                 "server_errors_not_from_kills": server_errors - traffic.outcomes["killed_in_flight"],
                 "unexpected": traffic.unexpected,
+                "ports": {"gateway": port, "metrics": metrics, "neuron_a": a.port, "neuron_b": b.port},
+                "open_files_at_end": files,
                 "start": start,
                 "end": end,
                 "growth_pct": {role: growth(start[role], end[role]) for role in start},

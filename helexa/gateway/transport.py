@@ -8,7 +8,10 @@ writes requests directly and parses answers with httptools (which uvicorn alread
 brings), streaming body chunks as they arrive. The proxy uses `LeanTransport.request`
 directly; control calls go through httpx with this same transport underneath.
 Closing an unfinished answer closes its connection, so the neuron sees the
-disconnect and aborts the sequence.
+disconnect and aborts the sequence. Idle connections the neuron has closed (after its
+keep-alive timeout, or a restart) are closed here too, at most a second later on the next
+request (the poller sends one every interval): a stack only pops its top, and what lay
+below would otherwise sit in CLOSE_WAIT, holding a descriptor each, until traffic reached it.
 """
 
 from __future__ import annotations
@@ -145,11 +148,27 @@ class _Body(httpx.AsyncByteStream):
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
+    SWEEP_EVERY_S = 1.0
+
     def __init__(self, max_idle: int = 256) -> None:
         self.idle: dict[Address, list[_Connection]] = {}
         self.max_idle = max_idle
+        self.swept = 0.0
+
+    def _sweep(self) -> None:
+        """Close the idle connections whose other end has gone."""
+        for address, pool in self.idle.items():
+            if not all(connection.usable for connection in pool):
+                for connection in pool:
+                    if not connection.usable:
+                        connection.close()
+                self.idle[address] = [connection for connection in pool if connection.usable]
 
     async def _connect(self, address: Address, timeout: float | None) -> tuple[_Connection, bool]:
+        now = asyncio.get_running_loop().time()
+        if now - self.swept > self.SWEEP_EVERY_S:
+            self.swept = now
+            self._sweep()
         pool = self.idle.get(address)
         while pool:
             connection = pool.pop()
