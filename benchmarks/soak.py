@@ -13,7 +13,8 @@ default, one with ``--quick``):
 
 Resident memory and open file descriptors of the gateway and of neuron ``a`` (the one never
 killed) are read after a warm-up and at the end (after the traffic stops and idle connections
-have been shed). Goals: growth under 5 %, and no 5xx other than the answers that neuron ``b``
+have been shed: both keep-alive timeouts are 2 s here); ``open_files_at_end`` says what each
+descriptor is then. Goals: growth under 5 %, and no 5xx other than the answers that neuron ``b``
 was in the middle of when it was killed (reported apart as ``killed_in_flight``).
 
     python benchmarks/soak.py [--quick] [--minutes 30] [--concurrency 16] [--seed 1]
