@@ -7,9 +7,9 @@ reference PyTorch kernels: serving the streams one after another (what a server 
 prompt cold and again with a prefix hit (its recurrent states restored from a snapshot).
 Prints one JSON object; the ratios are measured side by side in one run.
 
-On a CPU, decoding 16 streams is bound by the linear layers' arithmetic, not by memory, so the
-script also times those matmuls alone (every linear layer of the model, at the batch's rows) and
-reports the ceiling they put on any engine: ``matmul_ceiling_tok_s_N`` and the ratio it allows.
+The script also times the linear layers' matmuls alone (every linear layer of the model, at
+the batch's rows) and reports the ceiling they put on any engine on this machine:
+``matmul_ceiling_tok_s_N`` and the ratio to sequential `generate` it would allow.
 
     .venv/bin/python benchmarks/hybrid_throughput.py --hidden 512 --layers 8 --tokens 32
 """

@@ -158,11 +158,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
     def _sweep(self) -> None:
         """Close the idle connections whose other end has gone."""
         for address, pool in self.idle.items():
-            if not all(connection.usable for connection in pool):
-                for connection in pool:
-                    if not connection.usable:
-                        connection.close()
-                self.idle[address] = [connection for connection in pool if connection.usable]
+            for connection in pool:
+                if not connection.usable:
+                    connection.close()
+            self.idle[address] = [connection for connection in pool if connection.usable]
 
     async def _connect(self, address: Address, timeout: float | None) -> tuple[_Connection, bool]:
         now = asyncio.get_running_loop().time()

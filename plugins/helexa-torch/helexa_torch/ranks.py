@@ -41,7 +41,6 @@ import torch
 
 from helexa_torch import quant as quantize
 from helexa_torch import sharding
-from helexa_torch.engine.media import step_media
 from helexa_torch.engine.runner import ModelRunner, Step
 from helexa_torch.engine.scheduler import Plan
 from helexa_torch.engine.sequence import Sequence
@@ -336,8 +335,8 @@ class TensorParallelRunner(ModelRunner):
         step, sampled = self.describe(plan)
         if self.states is not None:
             step.state_ops, self.states.journal = self.states.journal, []
-        media = step_media(self.model, plan, self.device)  # a vision model's tower runs here alone
-        step.media = None if media is None else media.to("cpu")
+        if step.media is not None:  # the tower ran here alone; the workers get its output
+            step.media = step.media.to("cpu")
         self.group.send(step)
         ids, positions, ctx = self.build(step)
         try:

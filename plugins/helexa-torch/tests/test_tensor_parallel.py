@@ -196,6 +196,11 @@ def test_two_ranks_give_the_log_probabilities_of_one(neuron, models, case):
     hf = models(case)
     ids = prompt(7, 23, hf.config.vocab_size)
     two, one = top_logprobs(url, f"{case}/tp2", ids), top_logprobs(url, f"{case}/tp1", ids)
+    assert_same_logprobs(two, one)
+
+
+def assert_same_logprobs(two: list[dict[str, float]], one: list[dict[str, float]]) -> None:
+    """Two ranks offer the same top tokens at every step as one, with log-probabilities within 1e-4."""
     assert [list(step) for step in two] == [list(step) for step in one]
     worst = max(abs(a[t] - b[t]) for a, b in zip(two, one, strict=True) for t in a)
     assert worst < 1e-4, worst
@@ -249,9 +254,7 @@ def test_a_vision_model_split_in_two_answers_images_as_one_rank_does(neuron):
     for name, image in PICTURES.items():
         (text, two), (_, one) = ask("vl/tp2", image), ask("vl/tp1", image)
         assert text == expected_text(vl, image, 8), name
-        assert [list(step) for step in two] == [list(step) for step in one]
-        worst = max(abs(a[t] - b[t]) for a, b in zip(two, one, strict=True) for t in a)
-        assert worst < 1e-4, (name, worst)
+        assert_same_logprobs(two, one)
 
 
 @pytest.mark.slow

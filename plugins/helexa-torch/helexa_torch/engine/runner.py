@@ -79,7 +79,9 @@ class ModelRunner:
         return [table[p // size] * size + p % size for p in range(start, end)]
 
     def describe(self, plan: Plan) -> tuple[Step, list[Sequence]]:
-        """The step's inputs as plain data, and the sequences a token is sampled for (in row order)."""
+        """The step's inputs as plain data, and the sequences a token is sampled for (in row order).
+
+        A vision model's images are run through its tower here, once per prompt (`step_media`)."""
         step = Step()
         ids, positions, slots = step.ids, step.positions, step.slots
         sampled: list[Sequence] = []
@@ -107,6 +109,7 @@ class ModelRunner:
             if end == len(seq.token_ids):
                 step.rows.append(len(ids) - 1)
                 sampled.append(seq)
+        step.media = step_media(self.model, plan, self.device)
         return step, sampled
 
     def build(self, step: Step) -> tuple[torch.Tensor, torch.Tensor, StepContext]:
@@ -138,7 +141,6 @@ class ModelRunner:
         self, plan: Plan
     ) -> tuple[torch.Tensor, torch.Tensor, StepContext, list[int], list[Sequence]]:
         step, sampled = self.describe(plan)
-        step.media = step_media(self.model, plan, self.device)
         ids, positions, ctx = self.build(step)
         return ids, positions, ctx, step.rows, sampled
 
