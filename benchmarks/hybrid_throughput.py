@@ -8,7 +8,7 @@ prompt cold and again with a prefix hit (its recurrent states restored from a sn
 Prints one JSON object; the ratios are measured side by side in one run.
 
 The script also times the linear layers' matmuls alone (every linear layer of the model, at
-the batch's rows) and reports the ceiling they put on any engine on this machine:
+the batch's rows, with the engine's own kernels) and reports the ceiling they put on it:
 ``matmul_ceiling_tok_s_N`` and the ratio to sequential `generate` it would allow.
 
     .venv/bin/python benchmarks/hybrid_throughput.py --hidden 512 --layers 8 --tokens 32
@@ -33,6 +33,7 @@ from helexa.neuron.harness import SamplingParams
 from helexa_torch.engine.engine import Engine
 from helexa_torch.engine.sequence import Sequence
 from helexa_torch.engine.state_cache import StateBudget
+from helexa_torch.models.packed import PackedLinear, can_pack
 
 
 def model(hidden: int, layers: int):
@@ -83,19 +84,22 @@ def hf_seconds(hf, prompts: list[list[int]], tokens: int) -> float:
 
 
 def matmul_ceiling(hf, streams: int, prompt: int, tokens: int) -> float:
-    """Tokens/s if a run took only its linear layers' time: one prefill of every prompt, then one
-    ``streams``-row matmul per layer for each further token (weights read from memory each time)."""
-    weights = [m.weight for m in hf.modules() if isinstance(m, torch.nn.Linear)]
+    """Tokens/s if a run took only its linear layers' time, computed as the engine computes them
+    (laid out for oneDNN on a CPU): one prefill of every prompt, then one ``streams``-row matmul
+    per layer for each further token (weights read from memory each time)."""
+    layers = [m for m in hf.modules() if isinstance(m, torch.nn.Linear)]
+    if can_pack(torch.device("cpu")):
+        layers = [PackedLinear.of(m) for m in layers]
 
     def seconds(rows: int) -> float:
-        inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+        inputs = {m.in_features: torch.randn(rows, m.in_features) for m in layers}
         with torch.no_grad():
-            for w in weights:  # warm-up
-                torch.nn.functional.linear(inputs[w.shape[1]], w)
+            for m in layers:  # warm-up
+                m(inputs[m.in_features])
             start = time.perf_counter()
             for _ in range(3):
-                for w in weights:
-                    torch.nn.functional.linear(inputs[w.shape[1]], w)
+                for m in layers:
+                    m(inputs[m.in_features])
         return (time.perf_counter() - start) / 3
 
     total = seconds(streams * prompt) + (tokens - 1) * seconds(streams)

@@ -265,6 +265,9 @@ class TorchHarness:
             weight_bytes = quantize.quantized_bytes(model, quantization)
         else:
             weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        # On a CPU a tied head gets a copy laid out for oneDNN (see `packed`): count it.
+        head_copy = model.packed_head_bytes(device, dtype) if isinstance(model, CausalLM) else 0
+        weight_bytes += head_copy
         per_token = kv_bytes_per_token(model, dtype)
         kv_bytes = kv_budget(options, device, weight_bytes)
         max_num_seqs = int(options.get("max_num_seqs", 64))
@@ -320,14 +323,14 @@ class TorchHarness:
                 measured["ranks"] = group.wait_loaded()
                 group.join()
                 sharding.attach_reducers(built, group.all_reduce)
-                measured["weights"] = quantize.resident_bytes(built)
+                measured["weights"] = quantize.resident_bytes(built) + head_copy
                 return built
             built = model.materialize(device)
             if quantization is not None:
                 quantize.load_quantized(built, checkpoint.weights(progress), quantization, device)
             else:
                 built.load_weights(checkpoint.weights(progress))
-            measured["weights"] = quantize.resident_bytes(built)
+            measured["weights"] = quantize.resident_bytes(built) + head_copy
             _, peak = resident_mb()
             if device.type == "cpu" and peak > before:
                 progress(

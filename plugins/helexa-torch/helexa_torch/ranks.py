@@ -158,8 +158,7 @@ def worker_main(spec: RankSpec, rank: int, conn: Connection) -> None:
             quantize.defer_linears(model)
         checkpoint = open_checkpoint(Path(spec.path), spec.gguf_quant)
         model = load_shard(model, checkpoint.weights(lambda *_: None), shard, device, spec.quantization)
-        if not model.tied:
-            del model.lm_head  # logits are only computed on rank 0
+        model.drop_head()  # logits are only computed on rank 0
         conn.send(("loaded", quantize.resident_bytes(model)))
         attach = connect(spec, rank)
         sharding.attach_reducers(model, reducer(attach))

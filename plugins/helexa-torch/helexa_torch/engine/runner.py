@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +14,9 @@ from helexa_torch.engine.sequence import Sequence
 from helexa_torch.engine.state_cache import StateBudget, StateCache, StateStep
 from helexa_torch.models.causal_lm import CausalLM
 from helexa_torch.models.context import KVCache, PrefillSegment, StepContext
+from helexa_torch.models.packed import can_pack
+
+log = logging.getLogger("helexa.torch.engine")
 
 
 @dataclass
@@ -51,6 +55,10 @@ class ModelRunner:
         blocks: BlockManager | None = None,
         states: StateBudget | None = None,
     ) -> None:
+        if can_pack(device) and hasattr(model, "pack_linears"):
+            packed = model.pack_linears()  # a woken model is packed already: 0
+            if packed:
+                log.info("%d linear layers laid out for oneDNN on the CPU", packed)
         self.model = model
         self.block_size = block_size
         self.device = device

@@ -22,6 +22,7 @@ from torch import nn
 from helexa_torch.models.context import KVCache, StepContext
 from helexa_torch.models.layers import RMSNorm
 from helexa_torch.models.moe import Experts
+from helexa_torch.models.packed import PACKABLE, PackedLinear, can_pack, pack_linears, packable
 from helexa_torch.models.rotary import Rotary
 from helexa_torch.weights import fill
 
@@ -53,6 +54,8 @@ class CausalLM(nn.Module):
     """1.0 for Gemma's ``(1 + weight)`` norms."""
     scale_embeddings = False
     """Gemma multiplies embeddings by sqrt(hidden_size)."""
+    computes_logits = True
+    """False on a tensor-parallel worker (see `drop_head`)."""
 
     def __init__(self, config, device: torch.device, max_positions: int) -> None:
         super().__init__()
@@ -70,14 +73,42 @@ class CausalLM(nn.Module):
             if kind not in tables:
                 tables[kind] = Rotary(config, layer.self_attn.head_dim, max_positions, device, kind)
             layer.self_attn.rotary = tables[kind]
-        self.tied = bool(getattr(config, "tie_word_embeddings", False))
-        if not self.tied:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.make_head(config)
         self.final_softcap = getattr(config, "final_logit_softcapping", None)
         self.embed_scale = config.hidden_size**0.5 if self.scale_embeddings else None
 
     def make_layer(self, config, index: int) -> nn.Module:
         raise NotImplementedError
+
+    def make_head(self, config) -> None:
+        self.tied = bool(getattr(config, "tie_word_embeddings", False))
+        if not self.tied:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.packed_head: PackedLinear | None = None
+        """On a CPU, a tied head's copy laid out for oneDNN (see `pack_linears`)."""
+
+    def pack_linears(self) -> int:
+        """Lay the decoder's linear layers and the head out for oneDNN (see `packed`); the count."""
+        count = pack_linears(self.model.layers)
+        if not self.computes_logits:
+            return count
+        if self.tied and self.packed_head is None and self.model.embed_tokens.weight.dtype in PACKABLE:
+            self.packed_head, count = PackedLinear(self.model.embed_tokens.weight), count + 1
+        elif not self.tied and packable(self.lm_head):
+            self.lm_head, count = PackedLinear.of(self.lm_head), count + 1
+        return count
+
+    def packed_head_bytes(self, device: torch.device, dtype: torch.dtype) -> int:
+        """What `pack_linears` adds on ``device``: a tied head's packed copy (see `packed`)."""
+        if self.tied and self.computes_logits and can_pack(device, dtype):
+            return self.model.embed_tokens.weight.numel() * dtype.itemsize
+        return 0
+
+    def drop_head(self) -> None:
+        """A tensor-parallel worker: logits are computed on rank 0 only."""
+        self.computes_logits = False
+        if not self.tied:
+            del self.lm_head
 
     def materialize(self, device: torch.device) -> CausalLM:
         """Give the model (built on the meta device) real, uninitialised storage for its weights."""
@@ -107,8 +138,13 @@ class CausalLM(nn.Module):
         return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
-        logits = F.linear(hidden, weight).float()
+        if self.packed_head is not None:
+            logits = self.packed_head(hidden)
+        elif self.tied:
+            logits = F.linear(hidden, self.model.embed_tokens.weight)
+        else:
+            logits = self.lm_head(hidden)
+        logits = logits.float()
         if self.final_softcap:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         return logits

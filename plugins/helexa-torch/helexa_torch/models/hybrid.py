@@ -132,9 +132,7 @@ class HybridCausalLM(CausalLM):
         rotary = Rotary(config, self.head_dim, max_positions, device)
         for module in attention:
             module.rotary = rotary
-        self.tied = bool(getattr(config, "tie_word_embeddings", False))
-        if not self.tied:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.make_head(config)
         self.final_softcap = None
         self.embed_scale = None
 
