@@ -65,8 +65,7 @@ def child(path: str) -> None:
     asyncio.run(harness.load(spec, [0], lambda *_: None))
     seconds = time.perf_counter() - start
     peak = status_mb("VmHWM")
-    model = harness.models["m"].engine.runner.model
-    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+    weights = harness.models["m"].measured["weights"] / 2**20  # as loaded, before CPU packing
     print(json.dumps({"seconds": seconds, "weights_mb": weights, "peak_growth_mb": peak - base - KV_MB}))
 
 

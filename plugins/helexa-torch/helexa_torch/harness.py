@@ -41,6 +41,7 @@ from helexa_torch.engine.state_cache import StateBudget, plan_states
 from helexa_torch.images import ImagePrompts
 from helexa_torch.loading import Checkpoint, locate, open_checkpoint
 from helexa_torch.models.causal_lm import CausalLM, kv_bytes_per_token
+from helexa_torch.models.packed import can_pack
 from helexa_torch.plugin import FALLBACK
 from helexa_torch.ranks import RankGroup, RankSpec, TensorParallelRunner, build_shard, load_shard
 from helexa_torch.sizing import MB, available_cores, kv_budget, resident_mb, resolve_dtype
@@ -262,6 +263,7 @@ class TorchHarness:
                 model = cls(config, device, max_len).to(dtype)
         if quantization is not None:
             quantize.defer_linears(model)
+            model.copy_tied_head = False  # quantizing is for memory: no float copy of a tied head
             weight_bytes = quantize.quantized_bytes(model, quantization)
         else:
             weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -329,7 +331,7 @@ class TorchHarness:
             if quantization is not None:
                 quantize.load_quantized(built, checkpoint.weights(progress), quantization, device)
             else:
-                built.load_weights(checkpoint.weights(progress))
+                built.load_weights(checkpoint.weights(progress), pack=can_pack(device, dtype))
             measured["weights"] = quantize.resident_bytes(built) + head_copy
             _, peak = resident_mb()
             if device.type == "cpu" and peak > before:

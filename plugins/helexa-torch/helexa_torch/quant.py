@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from helexa.errors import ApiError
+from helexa_torch.models.packed import PackedLinear
 
 SCHEMES = ("bnb-int8", "bnb-nf4")
 INT8_THRESHOLD = 6.0  # LLM.int8's outlier threshold, transformers' default too
@@ -167,6 +168,7 @@ def resident_bytes(model: nn.Module) -> int:
             seen.add(key)
             total += tensor.untyped_storage().nbytes()
 
+    total += sum(m.nbytes for m in model.modules() if isinstance(m, PackedLinear))  # no storage to share
     for param in model.parameters():
         add(param)
         add(getattr(param, "SCB", None))

@@ -46,6 +46,7 @@ from helexa_torch.engine.scheduler import Plan
 from helexa_torch.engine.sequence import Sequence
 from helexa_torch.engine.state_cache import StateBudget
 from helexa_torch.models.causal_lm import CausalLM
+from helexa_torch.models.packed import can_pack
 
 log = logging.getLogger("helexa.torch.ranks")
 LOAD_TIMEOUT_S = 3600.0
@@ -109,7 +110,7 @@ def load_shard(
     if quantization is not None:
         quantize.load_quantized(built, stream, quantization, device)
     else:
-        built.load_weights(stream)
+        built.load_weights(stream, pack=can_pack(device))
     return built.eval()
 
 

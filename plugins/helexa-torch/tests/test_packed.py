@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import bitsandbytes as bnb
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import engine_for, generate, reference
+from harness_helpers import load_folder, make_harness, save_checkpoint
+from test_architectures import generate_all, hf_greedy, prompt
+from tiny import CONFIGS, engine_for, generate, reference
 from torch import nn
 
 from helexa_torch.models.packed import PackedLinear, packable
@@ -55,9 +59,25 @@ def test_a_model_served_on_the_cpu_runs_packed_layers_and_answers_as_transformer
         got = generate(engine, prompts, max_tokens=12)
     finally:
         engine.stop()
-    for prompt, ids in zip(prompts, got, strict=True):
-        with torch.no_grad():
-            out = hf.generate(
-                torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0
-            )
-        assert ids == out[0, len(prompt) :].tolist()
+    assert got == [hf_greedy(hf, p, 12) for p in prompts]
+
+
+@pytest.mark.parametrize("arch", ["Qwen2ForCausalLM", "LlamaForCausalLM"])
+def test_a_checkpoint_loaded_on_the_cpu_is_packed_as_it_streams_in_and_its_memory_counted(tmp_path, arch):
+    config = CONFIGS[arch]()
+    config.architectures = [arch]
+    hf = save_checkpoint(tmp_path / "model", config)
+    harness = make_harness(tmp_path)
+    try:
+        load_folder(harness, tmp_path / "model", model_id="tiny/model", kv_cache_mb=4)
+        served = harness.models["tiny/model"]
+        model = served.engine.runner.model
+        assert not any(type(m) is nn.Linear for m in model.model.layers.modules())
+        # The weights as planned, plus a tied head's packed copy, are what the model reports taking.
+        params = sum(p.numel() * p.element_size() for p in hf.parameters())
+        head = hf.config.vocab_size * hf.config.hidden_size * 4 if model.tied else 0
+        assert served.measured["weights"] == served.weight_bytes == params + head
+        prompts = [prompt(3, 9, hf.config.vocab_size), prompt(4, 21, hf.config.vocab_size)]
+        assert asyncio.run(generate_all(harness, prompts, 12)) == [hf_greedy(hf, p, 12) for p in prompts]
+    finally:
+        asyncio.run(harness.close())

@@ -14,6 +14,7 @@ from helexa_torch.engine.sequence import Sequence
 from helexa_torch.engine.state_cache import StateBudget, StateCache, StateStep
 from helexa_torch.models.causal_lm import CausalLM
 from helexa_torch.models.context import KVCache, PrefillSegment, StepContext
+from helexa_torch.models.delta_kernels import take_device_kernels
 from helexa_torch.models.packed import can_pack
 
 log = logging.getLogger("helexa.torch.engine")
@@ -78,6 +79,7 @@ class ModelRunner:
                 self.states = StateCache(model, states, dtype, device, None)
             else:
                 raise ValueError("a hybrid model needs the engine's state cache (a HybridBlockManager)")
+            take_device_kernels(model, device, dtype)
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)

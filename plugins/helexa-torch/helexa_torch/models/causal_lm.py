@@ -24,7 +24,7 @@ from helexa_torch.models.layers import RMSNorm
 from helexa_torch.models.moe import Experts
 from helexa_torch.models.packed import PACKABLE, PackedLinear, can_pack, pack_linears, packable
 from helexa_torch.models.rotary import Rotary
-from helexa_torch.weights import fill
+from helexa_torch.weights import fill, release_freed_memory
 
 # checkpoint name part -> (our fused parameter, which part of it)
 PACKED = {
@@ -56,6 +56,8 @@ class CausalLM(nn.Module):
     """Gemma multiplies embeddings by sqrt(hidden_size)."""
     computes_logits = True
     """False on a tensor-parallel worker (see `drop_head`)."""
+    copy_tied_head = True
+    """Whether a CPU gets a packed copy of a tied head (not for a quantized model: see `packed`)."""
 
     def __init__(self, config, device: torch.device, max_positions: int) -> None:
         super().__init__()
@@ -90,19 +92,25 @@ class CausalLM(nn.Module):
     def pack_linears(self) -> int:
         """Lay the decoder's linear layers and the head out for oneDNN (see `packed`); the count."""
         count = pack_linears(self.model.layers)
-        if not self.computes_logits:
-            return count
-        if self.tied and self.packed_head is None and self.model.embed_tokens.weight.dtype in PACKABLE:
-            self.packed_head, count = PackedLinear(self.model.embed_tokens.weight), count + 1
-        elif not self.tied and packable(self.lm_head):
+        embedding = self.model.embed_tokens.weight
+        if self._copies_tied_head() and self.packed_head is None and embedding.dtype in PACKABLE:
+            self.packed_head, count = PackedLinear(embedding), count + 1
+        elif not self.tied and self.computes_logits and packable(self.lm_head):
             self.lm_head, count = PackedLinear.of(self.lm_head), count + 1
         return count
 
+    def _packs(self, name: str, module: nn.Module) -> bool:
+        """Whether `pack_linears` would pack this module (found by its name in the model)."""
+        return packable(module) and (name.startswith("model.layers.") or name == "lm_head")
+
     def packed_head_bytes(self, device: torch.device, dtype: torch.dtype) -> int:
         """What `pack_linears` adds on ``device``: a tied head's packed copy (see `packed`)."""
-        if self.tied and self.computes_logits and can_pack(device, dtype):
+        if self._copies_tied_head() and can_pack(device, dtype):
             return self.model.embed_tokens.weight.numel() * dtype.itemsize
         return 0
+
+    def _copies_tied_head(self) -> bool:
+        return self.tied and self.computes_logits and self.copy_tied_head
 
     def drop_head(self) -> None:
         """A tensor-parallel worker: logits are computed on rank 0 only."""
@@ -178,11 +186,21 @@ class CausalLM(nn.Module):
         return weights
 
     @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy checkpoint tensors in one at a time; a missing or unknown weight is an error."""
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], pack: bool = False) -> None:
+        """Copy checkpoint tensors in one at a time; a missing or unknown weight is an error.
+
+        With ``pack`` (a CPU), each decoder linear layer and an untied head is laid out for
+        oneDNN as soon as its weight is whole (see `packed`): while the rest is still to come,
+        so the copy this takes never sits on top of the whole model.
+        """
         params = dict(self.named_parameters())
         modules = dict(self.named_modules())
         loaded: dict[str, set] = {}
+
+        def complete(name: str) -> bool:
+            keys = loaded.get(name, set())
+            return None in keys or len(keys) >= _parts(modules[name.rpartition(".")[0]], name)
+
         for name, tensor in self.prepare_weights(weights):
             if self.skip(name):
                 continue
@@ -190,16 +208,19 @@ class CausalLM(nn.Module):
             param = params.get(target)
             if param is None:
                 raise ValueError(f"checkpoint has {name!r}, which this architecture does not use")
-            module = modules[target.rpartition(".")[0]]
+            owner = target.rpartition(".")[0]
+            module = modules[owner]
             if key is None:
                 fill(param, tensor, name)
             else:
                 _copy(_part(module, param, key), tensor, name)
             loaded.setdefault(target, set()).add(key)
-
-        def complete(name: str) -> bool:
-            keys = loaded.get(name, set())
-            return None in keys or len(keys) >= _parts(modules[name.rpartition(".")[0]], name)
+            if pack and target.endswith(".weight") and self._packs(owner, module) and complete(target):
+                parent, _, leaf = owner.rpartition(".")
+                modules[owner] = PackedLinear.of(module)
+                setattr(self.get_submodule(parent), leaf, modules[owner])
+                del params[target], module, param, tensor  # the original's last references
+                release_freed_memory()
 
         missing = [name for name in params if not complete(name)]
         if missing:

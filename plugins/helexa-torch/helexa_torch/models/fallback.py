@@ -139,7 +139,9 @@ class TransformersForCausalLM(nn.Module):
         return logits
 
     @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], pack: bool = False) -> None:
+        """As `CausalLM.load_weights`; ``pack`` has no effect: transformers' own modules may read
+        their weights directly, so they keep them as they are (see `packed`)."""
         params = dict(self.hf.named_parameters())
         loaded: set[str] = set()
         for name, tensor in weights:

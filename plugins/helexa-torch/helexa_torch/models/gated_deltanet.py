@@ -16,6 +16,7 @@ The pure-PyTorch functions here follow transformers' reference implementation st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -91,7 +92,7 @@ def chunked_delta_rule(
 
 
 def chunked_delta_rule_batch(
-    pieces: list[tuple[torch.Tensor, ...]],
+    pieces: list[tuple[torch.Tensor, ...]], rule=chunked_delta_rule
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`chunked_delta_rule` for several sequences' ``(q, k, v, g, beta, state)`` at once.
 
@@ -101,7 +102,7 @@ def chunked_delta_rule_batch(
     the padding is computed too.
     """
     if len(pieces) == 1:
-        return [chunked_delta_rule(*pieces[0])]
+        return [rule(*pieces[0])]
     longest = max(piece[0].shape[0] for piece in pieces)
 
     def stacked(i: int) -> torch.Tensor:
@@ -110,7 +111,7 @@ def chunked_delta_rule_batch(
         return torch.cat([F.pad(x, (*pad, 0, longest - x.shape[0])) for x in parts], dim=1)
 
     q, k, v, g, beta = (stacked(i) for i in range(5))
-    out, state = chunked_delta_rule(q, k, v, g, beta, torch.cat([piece[5] for piece in pieces]))
+    out, state = rule(q, k, v, g, beta, torch.cat([piece[5] for piece in pieces]))
     heads = pieces[0][2].shape[1]
     return [
         (out[: piece[0].shape[0], i * heads : (i + 1) * heads], state[i * heads : (i + 1) * heads])
@@ -158,6 +159,30 @@ def recurrent_delta_rule(
     return out.view(batch, heads, v_dim), state
 
 
+def conv_step(
+    state: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, act
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of the causal depthwise convolution for each of a batch of sequences:
+    ``state [B, channels, K-1]`` (the last inputs), ``x [B, channels]``, ``weight [channels, K]``.
+    Returns the activated output and the new state."""
+    window = torch.cat((state, x[..., None].to(state.dtype)), dim=-1)
+    return act((window * weight).sum(-1)), window[..., 1:]
+
+
+@dataclass(frozen=True)
+class DeltaKernels:
+    """What a Gated DeltaNet layer computes its three steps with (see `delta_kernels`)."""
+
+    chunked: Callable = chunked_delta_rule
+    recurrent: Callable = recurrent_delta_rule
+    conv: Callable = conv_step
+    names: tuple[str, ...] = ()
+    """The device kernels taken instead of the PyTorch reference."""
+
+
+REFERENCE = DeltaKernels()
+
+
 class GatedRMSNorm(nn.Module):
     """RMS norm of each value head's output, then scaled by ``silu(gate)``."""
 
@@ -176,6 +201,9 @@ class GatedRMSNorm(nn.Module):
 
 class GatedDeltaNet(nn.Module):
     """The linear-attention token mixer. Projections are fused into one ``in_proj`` (q|k|v, z, b, a)."""
+
+    kernels = REFERENCE
+    """Replaced per model where a device kernel proved equal (see `delta_kernels.choose`)."""
 
     def __init__(self, config, state_index: int) -> None:
         super().__init__()
@@ -227,14 +255,12 @@ class GatedDeltaNet(nn.Module):
         d = ctx.num_decode
         if d:
             slots = states.decode_slots
-            conv = conv_cache.index_select(0, slots)
-            window = torch.cat((conv, qkv[:d, :, None].to(conv_cache.dtype)), dim=-1)
-            mixed = self.act((window * weight).sum(-1)).to(x.dtype)
-            q, k, v = self._heads(mixed)
+            mixed, conv = self.kernels.conv(conv_cache.index_select(0, slots), qkv[:d], weight, self.act)
+            q, k, v = self._heads(mixed.to(x.dtype))
             rec = states.gather_recurrent(self.state_index, slots)
-            out, rec = recurrent_delta_rule(q, k, v, g[:d], beta[:d], rec)
+            out, rec = self.kernels.recurrent(q, k, v, g[:d], beta[:d], rec)
             core[:d] = out.to(x.dtype)
-            states.stage(self.state_index, slots, window[..., 1:], rec)
+            states.stage(self.state_index, slots, conv, rec)
         if ctx.prefills:
             self._prefill(ctx, qkv, g, beta, weight, core)
         out = self.norm(core, z.view(n, self.v_heads, self.v_dim)).view(n, -1)
@@ -274,7 +300,8 @@ class GatedDeltaNet(nn.Module):
                     alike.setdefault(padded_length(offset - prompt.begin), []).append((prompt, offset))
             for group in alike.values():
                 pieces = [(*(x[p.begin : end] for x in p.inputs), p.state) for p, end in group]
-                for (prompt, _), (out, state) in zip(group, chunked_delta_rule_batch(pieces), strict=True):
+                done = chunked_delta_rule_batch(pieces, self.kernels.chunked)
+                for (prompt, _), (out, state) in zip(group, done, strict=True):
                     prompt.outputs.append(out)
                     prompt.state = state
             for prompt, offset, snapshot in rounds:

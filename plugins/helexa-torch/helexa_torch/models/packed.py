@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from helexa_torch.weights import release_freed_memory
+
 ROWS_HINT = 16
 """The batch size oneDNN tunes the layout for: a decode batch. One row is within 15 % of its
 own best with it; sixteen rows are 1.6x slower with a layout tuned for one."""
@@ -33,6 +35,7 @@ class PackedLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: nn.Parameter | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
+        self.nbytes = weight.numel() * weight.element_size()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ROWS_HINT)
         self.bias = bias
 
@@ -60,10 +63,13 @@ def packable(module: nn.Module | None) -> bool:
 
 def pack_linears(root: nn.Module) -> int:
     """Replace every `packable` layer under ``root`` with a `PackedLinear`; the count."""
+    # Only the parents are listed up front: each original layer is dropped as soon as its packed
+    # replacement exists, so packing needs one layer's weight more memory, not the model's.
+    parents = [module for module in root.modules() if any(map(packable, module.children()))]
     count = 0
-    for parent in list(root.modules()):
-        for name, child in list(parent.named_children()):
-            if packable(child):
-                setattr(parent, name, PackedLinear.of(child))
-                count += 1
+    for parent in parents:
+        for name in [name for name, child in parent.named_children() if packable(child)]:
+            setattr(parent, name, PackedLinear.of(getattr(parent, name)))
+            release_freed_memory()  # the original's pages, before the next layer's copy
+            count += 1
     return count
