@@ -1,4 +1,4 @@
-"""Linear layers whose weights oneDNN has laid out for this CPU, once, after loading.
+"""Linear layers whose weights oneDNN has laid out for this CPU, once, as they load.
 
 On a CPU, ``F.linear`` in float32 goes to MKL's sgemm, which repacks the weight matrix on
 every call and, on AMD processors, takes a generic code path. oneDNN's matmul over a weight
