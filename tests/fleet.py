@@ -106,7 +106,8 @@ def load(fleet: Fleet, neuron: str, model_id: str, **options: Any) -> None:
     httpx.post(
         f"{url}/models/load", json={"model_id": model_id, "options": options}, timeout=30
     ).raise_for_status()
-    fleet.wait(lambda: any(model_id in n.replicas for n in fleet.gateway.fleet.healthy()))
+    # Loaded, not just listed: a poll that began while the load ran may report it "loading".
+    fleet.wait(lambda: bool(fleet.gateway.fleet.replicas(model_id)))
 
 
 @contextlib.contextmanager
