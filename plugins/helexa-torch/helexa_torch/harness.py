@@ -331,7 +331,7 @@ class TorchHarness:
             if quantization is not None:
                 quantize.load_quantized(built, checkpoint.weights(progress), quantization, device)
             else:
-                built.load_weights(checkpoint.weights(progress), pack=can_pack(device, dtype))
+                built.load_weights(checkpoint.weights(progress), pack=can_pack(device))
             measured["weights"] = quantize.resident_bytes(built) + head_copy
             _, peak = resident_mb()
             if device.type == "cpu" and peak > before:

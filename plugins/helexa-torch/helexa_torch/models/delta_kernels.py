@@ -158,18 +158,16 @@ def _relative(ours: torch.Tensor, reference: torch.Tensor) -> float:
     )
 
 
-def _check_chunked(layer, kernel, device, dtype) -> float:
-    q, k, v, g, beta, state = _inputs(layer, 100, False, device, dtype)  # more than one 64-token chunk
-    out, final = chunked_delta_rule(q, k, v, g, beta, state.clone())
-    got, got_final = kernel(q, k, v, g, beta, state.clone())
-    return max(_relative(got, out), _relative(got_final, final))
+def _check_rule(reference: Callable, rows: int, batched: bool) -> Callable[..., float]:
+    """A check of a delta-rule kernel against ``reference`` on `_inputs` of that kind."""
 
+    def check(layer, kernel, device, dtype) -> float:
+        q, k, v, g, beta, state = _inputs(layer, rows, batched, device, dtype)
+        out, final = reference(q, k, v, g, beta, state.clone())
+        got, got_final = kernel(q, k, v, g, beta, state.clone())
+        return max(_relative(got, out), _relative(got_final, final))
 
-def _check_recurrent(layer, kernel, device, dtype) -> float:
-    q, k, v, g, beta, state = _inputs(layer, 3, True, device, dtype)
-    out, final = recurrent_delta_rule(q, k, v, g, beta, state.clone())
-    got, got_final = kernel(q, k, v, g, beta, state.clone())
-    return max(_relative(got, out), _relative(got_final, final))
+    return check
 
 
 def _check_conv(layer, kernel, device, dtype) -> float:
@@ -182,7 +180,11 @@ def _check_conv(layer, kernel, device, dtype) -> float:
     return max(_relative(got, out), _relative(got_new, new))
 
 
-CHECKS = {"chunked": _check_chunked, "recurrent": _check_recurrent, "conv": _check_conv}
+CHECKS = {
+    "chunked": _check_rule(chunked_delta_rule, 100, batched=False),  # more than one 64-token chunk
+    "recurrent": _check_rule(recurrent_delta_rule, 3, batched=True),
+    "conv": _check_conv,
+}
 
 
 def take_device_kernels(model, device: torch.device, dtype: torch.dtype) -> DeltaKernels:
